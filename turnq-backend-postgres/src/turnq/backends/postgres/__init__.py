@@ -1,0 +1,1 @@
+"""turnq PostgreSQL backend."""

@@ -1,0 +1,1 @@
+"""turnq SQLite backend."""

@@ -1,0 +1,1 @@
+"""turnq.client: clients and local mode."""

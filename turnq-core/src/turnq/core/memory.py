@@ -1,0 +1,237 @@
+"""The in-memory backend (``memory://``): fast, not durable; for tests, development and throwaway servers.
+
+A unit of work is an asyncio lock per channel. Tickets sit in a sorted map keyed by ``seq`` so rank lookups and
+removals from the middle of the line are O(log n); deadlines are kept in sorted indexes so the earliest one is
+O(1) to find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sortedcontainers import SortedDict, SortedList
+
+from .errors import ErrorCode, TurnqError
+from .hookspecs import hookimpl
+from .model import ChannelSpec, ChannelView, Event, EventBatch, Grant, Ticket
+from .store import Backend, ChannelUnit, Listener
+
+
+class _ChannelState:
+    __slots__ = (
+        "by_client",
+        "by_request",
+        "deleted",
+        "fencing",
+        "grace_index",
+        "holder",
+        "lock",
+        "seq",
+        "spec",
+        "tickets",
+        "wait_index",
+    )
+
+    def __init__(self, spec: ChannelSpec) -> None:
+        self.spec = spec
+        self.lock = asyncio.Lock()
+        self.holder: Grant | None = None
+        self.fencing = 0
+        self.seq = 0
+        self.deleted = False
+        self.tickets: Any = SortedDict()  # seq -> Ticket
+        self.by_client: dict[str, Ticket] = {}
+        self.by_request: dict[str, Ticket] = {}
+        self.wait_index: Any = SortedList()  # (wait_deadline, seq)
+        self.grace_index: Any = SortedList()  # (grace_deadline, seq)
+
+    def view(self) -> ChannelView:
+        return ChannelView(self.spec, len(self.tickets), self.holder)
+
+
+class MemoryUnit(ChannelUnit):
+    __slots__ = ("_deadline", "_depth", "_events", "_graces", "_state")
+
+    def __init__(self, state: _ChannelState) -> None:
+        self._state = state
+        self.spec = state.spec
+        self._events: list[Event] = []
+        self._deadline: int | None = None
+        self._depth = -1
+        # The grace deadline each ticket had when this unit first touched it, so save() can fix the index.
+        self._graces: dict[int, int | None] = {}
+
+    @property
+    def holder(self) -> Grant | None:
+        return self._state.holder
+
+    def set_holder(self, grant: Grant | None) -> None:
+        self._state.holder = grant
+
+    def next_fencing_token(self) -> int:
+        self._state.fencing += 1
+        return self._state.fencing
+
+    def next_seq(self) -> int:
+        self._state.seq += 1
+        return self._state.seq
+
+    async def depth(self) -> int:
+        return len(self._state.tickets)
+
+    async def find_by_client(self, client_id: str) -> Ticket | None:
+        return self._track(self._state.by_client.get(client_id))
+
+    async def find_by_request(self, request_id: str) -> Ticket | None:
+        return self._track(self._state.by_request.get(request_id))
+
+    def _track(self, ticket: Ticket | None) -> Ticket | None:
+        if ticket is not None and ticket.seq not in self._graces:
+            self._graces[ticket.seq] = ticket.grace_deadline
+        return ticket
+
+    async def rank(self, ticket: Ticket) -> int:
+        return int(self._state.tickets.index(ticket.seq))
+
+    async def at_ranks(self, ranks: Sequence[int]) -> list[tuple[int, Ticket]]:
+        tickets = self._state.tickets
+        n = len(tickets)
+        out = []
+        for r in ranks:
+            if r >= n:
+                break
+            ticket = tickets.peekitem(r)[1]
+            self._track(ticket)
+            out.append((r, ticket))
+        return out
+
+    async def tickets(self) -> list[Ticket]:
+        return list(self._state.tickets.values())
+
+    async def push(self, ticket: Ticket) -> None:
+        s = self._state
+        s.tickets[ticket.seq] = ticket
+        s.by_client[ticket.client_id] = ticket
+        s.by_request[ticket.request_id] = ticket
+        if ticket.wait_deadline is not None:
+            s.wait_index.add((ticket.wait_deadline, ticket.seq))
+        if ticket.grace_deadline is not None:
+            s.grace_index.add((ticket.grace_deadline, ticket.seq))
+        self._graces[ticket.seq] = ticket.grace_deadline
+
+    async def remove(self, ticket: Ticket) -> None:
+        s = self._state
+        del s.tickets[ticket.seq]
+        del s.by_client[ticket.client_id]
+        del s.by_request[ticket.request_id]
+        if ticket.wait_deadline is not None:
+            s.wait_index.discard((ticket.wait_deadline, ticket.seq))
+        old = self._graces.pop(ticket.seq, ticket.grace_deadline)
+        if old is not None:
+            s.grace_index.discard((old, ticket.seq))
+
+    async def save(self, ticket: Ticket) -> None:
+        old = self._graces.get(ticket.seq, ticket.grace_deadline)
+        if old != ticket.grace_deadline:
+            if old is not None:
+                self._state.grace_index.discard((old, ticket.seq))
+            if ticket.grace_deadline is not None:
+                self._state.grace_index.add((ticket.grace_deadline, ticket.seq))
+        self._graces[ticket.seq] = ticket.grace_deadline
+
+    async def earliest_wait_deadline(self, exclude_request_id: str | None) -> int | None:
+        s = self._state
+        excluded = s.by_request.get(exclude_request_id) if exclude_request_id else None
+        for deadline, seq in s.wait_index.islice(0, 2):
+            if excluded is None or seq != excluded.seq:
+                return int(deadline)
+        return None
+
+    async def earliest_grace(self) -> Ticket | None:
+        index = self._state.grace_index
+        if not index:
+            return None
+        return self._track(self._state.tickets[index[0][1]])
+
+    async def delete_channel(self) -> None:
+        self._state.deleted = True
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def conclude(self, next_deadline: int | None, depth: int) -> None:
+        self._deadline = next_deadline
+        self._depth = depth
+
+
+class MemoryBackend(Backend):
+    """Everything in this process's memory; gone when the process ends."""
+
+    name = "memory"
+    durable = False
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._channels: dict[str, _ChannelState] = {}
+        self._listeners: list[Listener] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_channel(self, spec: ChannelSpec) -> None:
+        if spec.name in self._channels:
+            raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
+        self._channels[spec.name] = _ChannelState(spec)
+
+    async def get_channel(self, name: str) -> ChannelView | None:
+        state = self._channels.get(name)
+        return state.view() if state is not None else None
+
+    async def list_channels(self) -> list[ChannelView]:
+        return [s.view() for s in self._channels.values()]
+
+    @asynccontextmanager
+    async def unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
+        state = self._channels.get(channel)
+        if state is None:
+            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+        async with state.lock:
+            if state.deleted:
+                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+            unit = MemoryUnit(state)
+            yield unit
+            if state.deleted:
+                self._channels.pop(channel, None)
+        if unit._events or unit._depth >= 0:
+            batch = EventBatch(
+                channel,
+                tuple(unit._events),
+                unit._deadline,
+                max(unit._depth, 0),
+                deleted=state.deleted,
+            )
+            for listener in self._listeners:
+                listener(batch)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    async def deadlines(self) -> dict[str, int]:
+        return {}
+
+    async def restart_grace(self, now: int, min_window_ms: int) -> None:
+        return None
+
+
+@hookimpl
+def turnq_backend_schemes() -> dict[str, Any]:
+    return {"memory": MemoryBackend}

@@ -1,0 +1,485 @@
+"""The turn rules, written once over :class:`~turnq.core.store.ChannelUnit`.
+
+Every operation is one unit of work on one channel: it reads what it needs, changes state, emits the events
+that announce the change, and records the channel's nearest deadline. Invariants kept here, for every backend:
+
+* the line is ordered by enqueue (``seq``); the front ticket holds whenever the line is not empty, so a
+  ticket's *position* (tickets ahead of it) is simply its rank;
+* a grant takes a fresh fencing token from the channel's counter;
+* a rejected request raises before anything is changed; an expiry discovered by a late request is committed
+  first and reported after.
+
+Position updates are coalesced: after a removal at rank ``r`` every ticket behind moves up one, but only the
+tickets whose new position is a power of two are told (``position-updated``). A turn therefore costs
+O(log depth) events instead of one per waiter, and a waiter is never told a wrong position, only at worst a
+stale (larger) one, as the protocol allows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from .errors import ErrorCode, TurnqError
+from .limits import MAX_LEASE_MS, SUBSCRIBE_WINDOW_MS
+from .model import ChannelSpec, ChannelView, Event, Grant, QueueView, Ticket
+from .store import Backend, ChannelUnit
+
+Clock = Callable[[], int]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def notify_ranks(start: int, depth: int) -> list[int]:
+    """The ranks in ``[max(start, 1), depth)`` that are powers of two: who hears a new position."""
+    ranks = []
+    r = 1
+    while r < depth:
+        if r >= start:
+            ranks.append(r)
+        r <<= 1
+    return ranks
+
+
+class _Outcome:
+    """What a unit decided to report after committing (an error found while applying an expiry)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: TurnqError | None = None
+
+
+class TurnService:
+    """The operations clients perform on channels, applied atomically through the backend."""
+
+    def __init__(self, backend: Backend, *, clock: Clock = wall_ms) -> None:
+        self.backend = backend
+        self.clock = clock
+
+    # ----------------------------------------------------------------- channels
+
+    async def create_channel(self, spec: ChannelSpec) -> ChannelView:
+        spec = replace(spec, created_at=self.clock())
+        await self.backend.create_channel(spec)
+        return ChannelView(spec, 0, None)
+
+    async def get_channel(self, name: str) -> ChannelView:
+        view = await self.backend.get_channel(name)
+        if view is None:
+            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {name!r} does not exist")
+        return view
+
+    async def list_channels(self) -> list[ChannelView]:
+        return await self.backend.list_channels()
+
+    async def delete_channel(self, name: str) -> None:
+        async with self.backend.unit(name) as u:
+            depth = await u.depth()
+            if depth:
+                raise TurnqError(
+                    ErrorCode.CHANNEL_NOT_EMPTY,
+                    f"channel {name!r} has {depth} ticket(s); it can be deleted only when nobody holds or waits",
+                )
+            await u.delete_channel()
+            u.emit(Event("channel-deleted", {"channel": name}, final=True))
+            u.conclude(None, 0)
+
+    async def queue_view(self, name: str) -> QueueView:
+        async with self.backend.unit(name) as u:
+            tickets = await u.tickets()
+            holder = u.holder
+            waiters = tickets[1:] if holder is not None else tickets
+            await self._conclude(u)
+            return QueueView(name, holder, waiters)
+
+    # ----------------------------------------------------------------- tickets
+
+    async def enqueue(self, channel: str, client_id: str) -> tuple[str, int]:
+        """Add a ticket at the back; returns ``(request_id, position)``. The front ticket is granted at once."""
+        now = self.clock()
+        async with self.backend.unit(channel) as u:
+            spec = u.spec
+            existing = await u.find_by_client(client_id)
+            if existing is not None:
+                raise TurnqError(
+                    ErrorCode.ALREADY_QUEUED,
+                    f"client {client_id!r} already has ticket {existing.request_id} on channel {channel!r}",
+                )
+            depth = await u.depth()
+            if spec.max_depth is not None and depth + 1 > spec.max_depth:
+                raise TurnqError(
+                    ErrorCode.MAX_DEPTH_EXCEEDED,
+                    f"channel {channel!r} is full (maxDepth {spec.max_depth})",
+                )
+            ticket = Ticket(
+                client_id=client_id,
+                request_id=str(uuid.uuid4()),
+                seq=u.next_seq(),
+                enqueued_at=now,
+                wait_deadline=now + spec.max_wait_ms if spec.max_wait_ms is not None else None,
+                grace_deadline=now + max(spec.grace_ms, SUBSCRIBE_WINDOW_MS),
+            )
+            await u.push(ticket)
+            u.emit(
+                Event(
+                    "queued",
+                    {
+                        "channel": channel,
+                        "clientId": client_id,
+                        "requestId": ticket.request_id,
+                        "position": depth,
+                    },
+                )
+            )
+            if depth == 0:
+                self._grant(u, ticket, now)
+            await self._conclude(u, depth + 1)
+            return ticket.request_id, depth
+
+    async def attach(self, channel: str, client_id: str, request_id: str, attachment: str) -> None:
+        """A subscriber stream opened for a ticket: it becomes the ticket's one live stream.
+
+        Emits the stream's first event (``queued`` or ``your-turn``) through the feed, so it is ordered with
+        every later event for the ticket.
+        """
+        async with self.backend.unit(channel) as u:
+            ticket = await self._own_ticket(u, client_id, request_id)
+            ticket.attachment = attachment
+            ticket.grace_deadline = None
+            await u.save(ticket)
+            u.emit(Event(None, {"attachment": attachment}, request_id=request_id))
+            holder = u.holder
+            if holder is not None and holder.request_id == request_id:
+                u.emit(self._your_turn(channel, holder))
+            else:
+                position = await u.rank(ticket)
+                u.emit(
+                    Event(
+                        "queued",
+                        {"channel": channel, "requestId": request_id, "position": position},
+                        request_id=request_id,
+                    )
+                )
+            await self._conclude(u)
+
+    async def detach(self, channel: str, request_id: str, attachment: str) -> None:
+        """A subscriber stream closed. If it was the ticket's live stream, the grace starts (or, with
+        ``graceMs`` 0, the ticket is dropped now). A replaced stream's closing changes nothing."""
+        now = self.clock()
+        try:
+            async with self.backend.unit(channel) as u:
+                ticket = await u.find_by_request(request_id)
+                if ticket is None or ticket.attachment != attachment:
+                    return
+                if u.spec.grace_ms == 0:
+                    min_rank = await self._drop(u, ticket, "disconnected", now)
+                    await self._settle(u, now, min_rank)
+                else:
+                    ticket.attachment = None
+                    ticket.grace_deadline = now + u.spec.grace_ms
+                    await u.save(ticket)
+                    await self._conclude(u)
+        except TurnqError as exc:
+            if exc.code is not ErrorCode.CHANNEL_NOT_FOUND:
+                raise
+
+    async def release(
+        self, channel: str, client_id: str, request_id: str, success: bool = True, error: str | None = None
+    ) -> None:
+        """The holder ends its turn; the next ticket is granted."""
+        now = self.clock()
+        outcome = _Outcome()
+        async with self.backend.unit(channel) as u:
+            grant = await self._holding(u, client_id, request_id, now, outcome)
+            if grant is not None:
+                await self._end_turn(u, grant, now, success=success, error=error, reason=None)
+                await self._settle(u, now, 0)
+        if outcome.error is not None:
+            raise outcome.error
+
+    async def abort(self, channel: str, client_id: str, request_id: str | None = None) -> None:
+        """Leave the line: a waiter's ticket is removed; a holder's turn ends as ``ABORTED``."""
+        now = self.clock()
+        async with self.backend.unit(channel) as u:
+            ticket = await u.find_by_client(client_id)
+            if ticket is None or (request_id is not None and ticket.request_id != request_id):
+                raise TurnqError(
+                    ErrorCode.REQUEST_NOT_FOUND,
+                    f"client {client_id!r} has no ticket"
+                    + (f" {request_id}" if request_id else "")
+                    + f" on channel {channel!r}",
+                )
+            min_rank = await self._drop(u, ticket, "aborted", now)
+            await self._settle(u, now, min_rank)
+
+    async def renew(self, channel: str, client_id: str, request_id: str, lease_ms: int | None = None) -> int:
+        """Extend the holder's lease to ``now + lease_ms`` (the channel's lease by default)."""
+        now = self.clock()
+        outcome = _Outcome()
+        deadline = 0
+        async with self.backend.unit(channel) as u:
+            grant = await self._holding(u, client_id, request_id, now, outcome)
+            if grant is not None:
+                ms = u.spec.lease_ms if lease_ms is None else min(lease_ms, MAX_LEASE_MS)
+                deadline = now + ms
+                u.set_holder(replace(grant, lease_deadline=deadline))
+                await self._conclude(u)
+        if outcome.error is not None:
+            raise outcome.error
+        return deadline
+
+    async def step(
+        self,
+        channel: str,
+        client_id: str,
+        step: str,
+        phase: str,
+        request_id: str | None = None,
+        success: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The holder reports a step starting or ending; observers hear it."""
+        now = self.clock()
+        outcome = _Outcome()
+        async with self.backend.unit(channel) as u:
+            grant = await self._holding(u, client_id, request_id, now, outcome)
+            if grant is not None:
+                data: dict[str, Any] = {"channel": channel, "clientId": client_id, "step": step}
+                if phase == "start":
+                    u.emit(Event("step-started", data))
+                else:
+                    data["success"] = True if success is None else success
+                    if error is not None:
+                        data["error"] = error
+                    u.emit(Event("step-ended", data))
+                await self._conclude(u)
+        if outcome.error is not None:
+            raise outcome.error
+
+    async def force_release(self, channel: str) -> None:
+        """An administrator ends the current turn (``ADMIN_FORCE_RELEASE``); the next ticket is granted."""
+        now = self.clock()
+        async with self.backend.unit(channel) as u:
+            grant = u.holder
+            if grant is None:
+                raise TurnqError(ErrorCode.NO_HOLDER, f"nobody holds channel {channel!r}")
+            await self._end_turn(
+                u, grant, now, success=False, error="ADMIN_FORCE_RELEASE", reason="force_released"
+            )
+            await self._settle(u, now, 0)
+
+    async def expire(self, channel: str) -> int | None:
+        """Apply every deadline that has passed (lease, grace, max wait); idempotent, safe from any process.
+
+        Returns the channel's next deadline, or None if it has none (or no longer exists).
+        """
+        now = self.clock()
+        try:
+            async with self.backend.unit(channel) as u:
+                min_rank: int | None = None
+                grant = u.holder
+                if grant is not None and grant.lease_deadline <= now:
+                    await self._end_turn(
+                        u, grant, now, success=False, error="LEASE_EXPIRED", reason="lease_expired"
+                    )
+                    min_rank = 0
+                while (ticket := await u.earliest_grace()) is not None and ticket.grace_deadline is not None:
+                    if ticket.grace_deadline > now:
+                        break
+                    rank = await self._drop(u, ticket, "disconnected", now)
+                    min_rank = rank if min_rank is None else min(min_rank, rank)
+                while True:
+                    holder = u.holder
+                    exclude = holder.request_id if holder is not None else None
+                    due = await u.earliest_wait_deadline(exclude)
+                    if due is None or due > now:
+                        break
+                    waiters = await u.at_ranks([1] if holder is not None else [0])
+                    if not waiters:
+                        break
+                    rank, ticket = waiters[0]
+                    if ticket.wait_deadline is None or ticket.wait_deadline > now:
+                        break  # only the front waiter can be the earliest: FIFO with one maxWaitMs
+                    await self._drop(u, ticket, "max_wait_exceeded", now)
+                    min_rank = rank if min_rank is None else min(min_rank, rank)
+                if min_rank is None:
+                    return await self._conclude(u)
+                return await self._settle(u, now, min_rank)
+        except TurnqError as exc:
+            if exc.code is ErrorCode.CHANNEL_NOT_FOUND:
+                return None
+            raise
+
+    # ----------------------------------------------------------------- rules
+
+    async def _own_ticket(self, u: ChannelUnit, client_id: str, request_id: str) -> Ticket:
+        ticket = await u.find_by_request(request_id)
+        if ticket is None or ticket.client_id != client_id:
+            raise TurnqError(
+                ErrorCode.REQUEST_NOT_FOUND,
+                f"no ticket {request_id!r} for client {client_id!r} on channel {u.spec.name!r}",
+            )
+        return ticket
+
+    async def _holding(
+        self, u: ChannelUnit, client_id: str, request_id: str | None, now: int, outcome: _Outcome
+    ) -> Grant | None:
+        """The caller's grant if it holds; raises NOT_YOUR_TURN otherwise. A lease found expired is ended
+        here (committed with the unit) and reported as LEASE_EXPIRED through ``outcome``."""
+        grant = u.holder
+        if (
+            grant is None
+            or grant.client_id != client_id
+            or (request_id is not None and grant.request_id != request_id)
+        ):
+            raise TurnqError(
+                ErrorCode.NOT_YOUR_TURN,
+                f"client {client_id!r} does not hold channel {u.spec.name!r}",
+            )
+        if grant.lease_deadline <= now:
+            await self._end_turn(u, grant, now, success=False, error="LEASE_EXPIRED", reason="lease_expired")
+            await self._settle(u, now, 0)
+            outcome.error = TurnqError(
+                ErrorCode.LEASE_EXPIRED,
+                f"the lease of client {client_id!r} on channel {u.spec.name!r} ran out before this request",
+            )
+            return None
+        return grant
+
+    def _your_turn(self, channel: str, grant: Grant) -> Event:
+        return Event(
+            "your-turn",
+            {
+                "channel": channel,
+                "requestId": grant.request_id,
+                "leaseExpiresAt": grant.lease_deadline,
+                "fencingToken": grant.fencing_token,
+            },
+            request_id=grant.request_id,
+        )
+
+    def _grant(self, u: ChannelUnit, ticket: Ticket, now: int) -> None:
+        grant = Grant(
+            client_id=ticket.client_id,
+            request_id=ticket.request_id,
+            granted_at=now,
+            lease_deadline=now + u.spec.lease_ms,
+            fencing_token=u.next_fencing_token(),
+            enqueued_at=ticket.enqueued_at,
+        )
+        u.set_holder(grant)
+        u.emit(self._your_turn(u.spec.name, grant))
+        u.emit(
+            Event(
+                "turn-started",
+                {
+                    "channel": u.spec.name,
+                    "clientId": grant.client_id,
+                    "requestId": grant.request_id,
+                    "fencingToken": grant.fencing_token,
+                    "waitedMs": max(0, now - ticket.enqueued_at),
+                },
+            )
+        )
+
+    async def _end_turn(
+        self, u: ChannelUnit, grant: Grant, now: int, *, success: bool, error: str | None, reason: str | None
+    ) -> None:
+        """Remove the holder's ticket and announce the end of its turn (the caller settles the line)."""
+        ticket = await u.find_by_request(grant.request_id)
+        if ticket is not None:
+            await u.remove(ticket)
+        u.set_holder(None)
+        channel = u.spec.name
+        if reason is None:
+            u.emit(Event(None, {}, request_id=grant.request_id, final=True))
+        else:
+            u.emit(
+                Event(
+                    "timeout",
+                    {"channel": channel, "requestId": grant.request_id, "reason": reason},
+                    request_id=grant.request_id,
+                    final=True,
+                )
+            )
+        data: dict[str, Any] = {
+            "channel": channel,
+            "clientId": grant.client_id,
+            "requestId": grant.request_id,
+            "success": success,
+            "fencingToken": grant.fencing_token,
+            "heldMs": max(0, now - grant.granted_at),
+        }
+        if error is not None:
+            data["error"] = error
+        u.emit(Event("turn-completed", data))
+
+    async def _drop(self, u: ChannelUnit, ticket: Ticket, reason: str, now: int) -> int:
+        """End a ticket for ``reason`` (holder or waiter); returns the rank it had."""
+        grant = u.holder
+        if grant is not None and grant.request_id == ticket.request_id:
+            error = {"aborted": "ABORTED", "disconnected": "CLIENT_DISCONNECTED"}.get(reason, reason.upper())
+            await self._end_turn(u, grant, now, success=False, error=error, reason=reason)
+            return 0
+        rank = await u.rank(ticket)
+        await u.remove(ticket)
+        channel = u.spec.name
+        u.emit(
+            Event(
+                "timeout",
+                {"channel": channel, "requestId": ticket.request_id, "reason": reason},
+                request_id=ticket.request_id,
+                final=True,
+            )
+        )
+        u.emit(
+            Event(
+                "left",
+                {
+                    "channel": channel,
+                    "clientId": ticket.client_id,
+                    "requestId": ticket.request_id,
+                    "reason": reason,
+                },
+            )
+        )
+        return rank
+
+    async def _settle(self, u: ChannelUnit, now: int, min_rank: int) -> int | None:
+        """After removals from rank ``min_rank`` on: grant the front if nobody holds, tell moved waiters."""
+        depth = await u.depth()
+        if u.holder is None and depth:
+            front = await u.at_ranks([0])
+            self._grant(u, front[0][1], now)
+        channel = u.spec.name
+        for rank, ticket in await u.at_ranks(notify_ranks(min_rank, depth)):
+            u.emit(
+                Event(
+                    "position-updated",
+                    {"channel": channel, "requestId": ticket.request_id, "position": rank},
+                    request_id=ticket.request_id,
+                )
+            )
+        return await self._conclude(u, depth)
+
+    async def _conclude(self, u: ChannelUnit, depth: int | None = None) -> int | None:
+        """Record the channel's nearest deadline after this unit, for every process's reaper."""
+        holder = u.holder
+        candidates = []
+        if holder is not None:
+            candidates.append(holder.lease_deadline)
+        wait = await u.earliest_wait_deadline(holder.request_id if holder is not None else None)
+        if wait is not None:
+            candidates.append(wait)
+        grace = await u.earliest_grace()
+        if grace is not None and grace.grace_deadline is not None:
+            candidates.append(grace.grace_deadline)
+        deadline = min(candidates) if candidates else None
+        u.conclude(deadline, await u.depth() if depth is None else depth)
+        return deadline

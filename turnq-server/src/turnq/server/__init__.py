@@ -1,0 +1,1 @@
+"""turnq.server: the HTTP/SSE server."""

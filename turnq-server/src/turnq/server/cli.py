@@ -1,0 +1,1 @@
+"""Placeholder for `turnq serve` (filled in below)."""
