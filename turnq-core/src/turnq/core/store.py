@@ -107,6 +107,8 @@ class Backend(ABC):
 
     name: str = "?"
     durable: bool = False
+    # Stamped on the batches this process commits, so listeners can tell them from other processes' batches.
+    origin: str = ""
 
     @abstractmethod
     async def open(self) -> None:

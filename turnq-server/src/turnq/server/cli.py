@@ -1,1 +1,97 @@
-"""Placeholder for `turnq serve` (filled in below)."""
+"""``turnq serve``: the command users run to start a server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+from turnq.core import TurnqError, UnknownBackendError, hookimpl, redact_url
+
+from .app import create_app
+from .config import ConfigError, build_config
+from .logs import AccessLogger, configure_logging
+
+log = logging.getLogger("turnq.server")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 3000)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="an admin API key (repeatable; default from TURNQ_API_KEY, comma-separated)",
+    )
+    p.add_argument(
+        "--database-url",
+        help="backend URL: memory://, sqlite:///path.db, postgresql://user@host/db "
+        "(default from TURNQ_DATABASE_URL, else an embedded SQLite file)",
+    )
+    p.add_argument(
+        "--config", dest="config_file", metavar="turnq.toml", help="config file (keys with roles, defaults)"
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="run without API keys (anyone who can reach the port is an admin)",
+    )
+    p.add_argument("--access-log", action="store_true", default=None, help="log every request (JSON lines)")
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(
+            config_file=args.config_file,
+            host=args.host,
+            port=args.port,
+            api_keys=args.api_keys,
+            database_url=args.database_url,
+            insecure_no_auth=args.insecure_no_auth,
+            access_log=args.access_log,
+            log_level=args.log_level,
+        )
+        configure_logging(config.log_level)
+        app = create_app(config)
+    except (ConfigError, UnknownBackendError) as exc:
+        print(f"turnq serve: {exc}", file=sys.stderr)
+        return 2
+    if config.insecure_no_auth:
+        log.warning(
+            "running WITHOUT authentication (--insecure-no-auth): anyone who reaches the port is an admin"
+        )
+    print(
+        f"turnq serving on http://{config.host}:{config.port} with {redact_url(config.database_url)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            handler_cancellation=True,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+            print=None,
+            shutdown_timeout=10,
+        )
+    except TurnqError as exc:
+        print(f"turnq serve: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"turnq serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@hookimpl
+def turnq_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser("serve", help="run a turnq server", description="Run a turnq HTTP/SSE server.")
+    add_serve_arguments(p)
+    p.set_defaults(func=serve)

@@ -1,0 +1,166 @@
+"""The SSE hub: maps open streams to tickets and channels, and forwards committed events to them.
+
+The hub listens to the backend's feed (a plain callback, no task per event). Each stream is a small object with an
+inbox of pre-encoded frames and one future its request handler waits on; the handler task that aiohttp already
+runs for the request is the only task a stream costs. Frames for observers are encoded once per event, not once
+per observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from turnq.core import EventBatch
+
+log = logging.getLogger("turnq.server.hub")
+
+KEEPALIVE_FRAME = b": keepalive\n\n"
+# An observer that falls this many frames behind is disconnected rather than buffered without bound.
+MAX_OBSERVER_BACKLOG = 10_000
+
+
+def encode_frame(name: str, data: dict[str, Any]) -> bytes:
+    """``event: NAME\\ndata: JSON\\n\\n`` with LF line ends, exactly as the protocol (and the bash client) expects."""
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data, separators=(",", ":")).encode())
+
+
+class Stream:
+    """One open SSE response's outgoing side: frames queued by the hub, written by the request handler.
+
+    ``ticket_over`` tells the handler the ticket ended (no grace needed); ``replaced`` that a newer stream took
+    over the ticket (its closing must change nothing).
+    """
+
+    __slots__ = ("attachment", "channel", "closing", "frames", "key", "replaced", "ticket_over", "waiter")
+
+    def __init__(self, channel: str, key: str | None, attachment: str = "") -> None:
+        self.channel = channel
+        self.key = key
+        self.attachment = attachment
+        self.frames: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.closing = False
+        self.ticket_over = False
+        self.replaced = False
+
+    def push(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        self.frames.append(frame)
+        if self.key is None and len(self.frames) > MAX_OBSERVER_BACKLOG:
+            log.warning("observer on channel %r fell behind; disconnecting it", self.channel)
+            self.frames.clear()
+            self.close()
+            return
+        self._wake()
+
+    def close(self) -> None:
+        self.closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_frames(self) -> list[bytes]:
+        """Wait for frames; an empty list means the stream should end."""
+        while not self.frames and not self.closing:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        frames, self.frames = self.frames, []
+        return frames
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.tickets: dict[tuple[str, str], Stream] = {}
+        self.observers: dict[str, set[Stream]] = {}
+
+    # -------------------------------------------------------------- registry
+
+    def open_ticket_stream(self, channel: str, request_id: str, attachment: str) -> Stream:
+        stream = Stream(channel, request_id, attachment)
+        old = self.tickets.get((channel, request_id))
+        if old is not None:
+            old.replaced = True
+            old.close()
+        self.tickets[(channel, request_id)] = stream
+        return stream
+
+    def open_observer_stream(self, channel: str) -> Stream:
+        stream = Stream(channel, None)
+        self.observers.setdefault(channel, set()).add(stream)
+        return stream
+
+    def discard(self, stream: Stream) -> None:
+        if stream.key is not None:
+            key = (stream.channel, stream.key)
+            if self.tickets.get(key) is stream:
+                del self.tickets[key]
+        else:
+            group = self.observers.get(stream.channel)
+            if group is not None:
+                group.discard(stream)
+                if not group:
+                    del self.observers[stream.channel]
+
+    def counts(self) -> tuple[int, int]:
+        return len(self.tickets), sum(len(g) for g in self.observers.values())
+
+    # -------------------------------------------------------------- feed
+
+    def on_batch(self, batch: EventBatch) -> None:
+        channel = batch.channel
+        observers = self.observers.get(channel)
+        tickets = self.tickets
+        for event in batch.events:
+            if event.request_id is not None:
+                stream = tickets.get((channel, event.request_id))
+                if stream is None:
+                    continue
+                if event.name is not None:
+                    stream.push(encode_frame(event.name, event.data))
+                elif "attachment" in event.data and event.data["attachment"] != stream.attachment:
+                    # Another process's stream took this ticket over: end ours without starting a grace.
+                    stream.replaced = True
+                    stream.close()
+                    del tickets[(channel, event.request_id)]
+                    continue
+                if event.final:
+                    stream.ticket_over = True
+                    stream.close()
+                    del tickets[(channel, event.request_id)]
+            elif observers and event.name is not None:
+                frame = encode_frame(event.name, event.data)
+                for observer in observers:
+                    observer.push(frame)
+                if event.final:
+                    for observer in observers:
+                        observer.close()
+
+    # -------------------------------------------------------------- lifecycle
+
+    def keepalive(self) -> None:
+        for stream in self.tickets.values():
+            stream.push(KEEPALIVE_FRAME)
+        for group in self.observers.values():
+            for stream in group:
+                stream.push(KEEPALIVE_FRAME)
+
+    def shutdown(self, reason: str) -> None:
+        """Tell every stream the server is stopping; clients resubscribe elsewhere and keep their places."""
+        frame = encode_frame("server-shutdown", {"reason": reason})
+        streams = list(self.tickets.values()) + [s for g in self.observers.values() for s in g]
+        for stream in streams:
+            stream.push(frame)
+            stream.replaced = True  # not a disconnect: the ticket keeps its place
+            stream.close()
+        self.tickets.clear()
+        self.observers.clear()

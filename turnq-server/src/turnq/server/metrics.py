@@ -1,0 +1,95 @@
+"""Prometheus metrics under the original turnq's family names, so existing dashboards keep working.
+
+Turn metrics come from the event feed. Only batches this process committed are counted (``batch.origin``), so
+with several replicas on one database each turn is counted once, by the replica that applied it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from turnq.core import EventBatch
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the original exposes no *_created series; keep the output the same shape
+TIMEOUT_REASONS = ("lease_expired", "max_wait_exceeded", "disconnected", "aborted", "force_released")
+
+
+class Metrics:
+    def __init__(self, origin: str = "") -> None:
+        self.origin = origin
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "turnq_requests_total",
+            "HTTP requests by method, route and status",
+            ["method", "path", "status"],
+            registry=r,
+        )
+        self.active_channels = Gauge("turnq_active_channels", "Channels that exist", registry=r)
+        self.queue_depth = Gauge(
+            "turnq_queue_depth", "Tickets on a channel (holder and waiters)", ["channel"], registry=r
+        )
+        self.connections = Gauge("turnq_active_connections", "Open SSE streams by type", ["type"], registry=r)
+        self.wait = Histogram(
+            "turnq_wait_duration_seconds",
+            "Time from enqueue to grant",
+            ["channel"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.hold = Histogram(
+            "turnq_hold_duration_seconds",
+            "Time from grant to end of turn",
+            ["channel"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.timeouts = Counter(
+            "turnq_timeouts_total",
+            "Tickets ended other than by release, by reason",
+            ["channel", "reason"],
+            registry=r,
+        )
+
+    def on_batch(self, batch: EventBatch) -> None:
+        channel = batch.channel
+        if batch.deleted:
+            self.forget_channel(channel)
+            return
+        self.queue_depth.labels(channel).set(batch.depth)
+        if batch.origin != self.origin:
+            return
+        for event in batch.events:
+            name = event.name
+            if name == "turn-started":
+                self.wait.labels(channel).observe(event.data.get("waitedMs", 0) / 1000)
+            elif name == "turn-completed":
+                self.hold.labels(channel).observe(event.data.get("heldMs", 0) / 1000)
+            elif name == "timeout":
+                self.timeouts.labels(channel, event.data["reason"]).inc()
+
+    def forget_channel(self, channel: str) -> None:
+        """A deleted channel's series disappear."""
+        for metric in (self.queue_depth, self.wait, self.hold):
+            with contextlib.suppress(KeyError):
+                metric.remove(channel)
+        for reason in TIMEOUT_REASONS:
+            with contextlib.suppress(KeyError):
+                self.timeouts.remove(channel, reason)
+
+    def render(self, subscribers: int, observers: int, channels: int) -> bytes:
+        self.connections.labels("subscriber").set(subscribers)
+        self.connections.labels("observer").set(observers)
+        self.active_channels.set(channels)
+        return generate_latest(self.registry)

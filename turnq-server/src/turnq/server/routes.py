@@ -1,0 +1,310 @@
+"""HTTP routes: validate input, check the key, call the rules, answer in the protocol's shapes.
+
+Every input is validated before any state is touched, and every failure leaves as ``{"code", "message"}`` with
+the protocol's status (see ``errors.py`` in core and the middleware in ``app.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+from turnq.core import ErrorCode, TurnqError
+from turnq.core.limits import (
+    MAX_ERROR_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_LEASE_MS,
+    channel_spec_from_wire,
+    check_channel_name,
+    check_int,
+    check_text,
+    malformed,
+)
+
+from .auth import ApiKey, Authenticator
+from .state import ServerState
+
+T = TypeVar("T")
+routes = web.RouteTableDef()
+NO_CONTENT = 204
+PARKED_PING_S = 10.0**6
+
+
+def state_of(request: web.Request) -> ServerState:
+    return request.app[STATE_KEY]
+
+
+STATE_KEY: web.AppKey[ServerState] = web.AppKey("turnq_state", ServerState)
+
+
+def _key(request: web.Request) -> ApiKey:
+    """Identify the caller by ``x-api-key`` (or the original client's ``?apiKey=`` on subscribe)."""
+    presented = request.headers.get("x-api-key") or request.query.get("apiKey")
+    return state_of(request).auth.identify(presented)
+
+
+def _channel(request: web.Request, key: ApiKey, *, admin: bool = False) -> str:
+    name = check_channel_name(request.match_info["name"], "channel name")
+    Authenticator.require(key, admin=admin, channel=name)
+    return name
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise malformed(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise malformed("request body must be a JSON object")
+    return body
+
+
+def _client_id(body: dict[str, Any]) -> str:
+    value = check_text("clientId", body.get("clientId"), MAX_ID_LENGTH)
+    assert value is not None
+    return value
+
+
+def _request_id(body: dict[str, Any], *, required: bool) -> str | None:
+    return check_text("requestId", body.get("requestId"), MAX_ID_LENGTH, required=required)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
+
+
+async def _apply(request: web.Request, op: Awaitable[T]) -> T:
+    """Run a change to completion even if the caller hangs up mid-way: a durable backend's transaction is never
+    cut by a client's disconnect. (The memory backend's units cannot be interrupted once they hold the lock.)"""
+    if state_of(request).service.backend.durable:
+        return await asyncio.shield(op)
+    return await op
+
+
+# ---------------------------------------------------------------------- service
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    state = state_of(request)
+    channels = await state.service.list_channels()
+    return _json(
+        {
+            "ok": True,
+            "channels": len(channels),
+            "uptime": round(time.monotonic() - state.started, 3),
+            "backend": state.service.backend.name,
+        }
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    _key(request)
+    state = state_of(request)
+    subscribers, observers = state.hub.counts()
+    channels = len(await state.service.list_channels())
+    body = state.metrics.render(subscribers, observers, channels)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+# ---------------------------------------------------------------------- channels
+
+
+@routes.post("/channels")
+async def create_channel(request: web.Request) -> web.Response:
+    key = _key(request)
+    body = await _body(request)
+    spec = channel_spec_from_wire(body, state_of(request).config.channel_defaults)
+    Authenticator.require(key, admin=True, channel=spec.name)
+    view = await _apply(request, state_of(request).service.create_channel(spec))
+    return _json(view.to_wire(), status=201)
+
+
+@routes.get("/channels")
+async def list_channels(request: web.Request) -> web.Response:
+    key = _key(request)
+    views = await state_of(request).service.list_channels()
+    return _json({"channels": [v.to_wire() for v in views if key.allows_channel(v.spec.name)]})
+
+
+@routes.get("/channels/{name}")
+async def get_channel(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    return _json((await state_of(request).service.get_channel(name)).to_wire())
+
+
+@routes.delete("/channels/{name}")
+async def delete_channel(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key, admin=True)
+    await _apply(request, state_of(request).service.delete_channel(name))
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.get("/channels/{name}/queue")
+async def queue(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    state = state_of(request)
+    view = await state.service.queue_view(name)
+    return _json(view.to_wire(state.service.clock()))
+
+
+@routes.delete("/channels/{name}/holder")
+async def force_release(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key, admin=True)
+    await _apply(request, state_of(request).service.force_release(name))
+    return web.Response(status=NO_CONTENT)
+
+
+# ---------------------------------------------------------------------- turns
+
+
+@routes.post("/channels/{name}/enqueue")
+async def enqueue(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id, position = await _apply(request, state_of(request).service.enqueue(name, client_id))
+    return _json({"requestId": request_id, "position": position})
+
+
+@routes.post("/channels/{name}/release")
+async def release(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=True)
+    assert request_id is not None
+    success, error = True, None
+    result = body.get("result")
+    if result is not None:
+        if not isinstance(result, dict):
+            raise malformed("result must be an object {success, error?}")
+        success_value = result.get("success", True)
+        if not isinstance(success_value, bool):
+            raise malformed("result.success must be a boolean")
+        success = success_value
+        error = check_text("result.error", result.get("error"), MAX_ERROR_LENGTH, required=False)
+    await _apply(request, state_of(request).service.release(name, client_id, request_id, success, error))
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.post("/channels/{name}/abort")
+async def abort(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=False)
+    await _apply(request, state_of(request).service.abort(name, client_id, request_id))
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.post("/channels/{name}/renew")
+async def renew(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=True)
+    assert request_id is not None
+    lease_ms = check_int("leaseMs", body.get("leaseMs"), 1, MAX_LEASE_MS)
+    deadline = await _apply(request, state_of(request).service.renew(name, client_id, request_id, lease_ms))
+    return _json({"leaseExpiresAt": deadline})
+
+
+@routes.post("/channels/{name}/steps")
+async def steps(request: web.Request) -> web.Response:
+    key = _key(request)
+    name = _channel(request, key)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=False)
+    step = check_text("step", body.get("step"), MAX_ID_LENGTH)
+    assert step is not None
+    phase = body.get("event")
+    if phase not in ("start", "end"):
+        raise malformed('event must be "start" or "end"')
+    success = body.get("success")
+    if success is not None and not isinstance(success, bool):
+        raise malformed("success must be a boolean")
+    error = check_text("error", body.get("error"), MAX_ERROR_LENGTH, required=False)
+    await _apply(
+        request, state_of(request).service.step(name, client_id, step, phase, request_id, success, error)
+    )
+    return web.Response(status=NO_CONTENT)
+
+
+# ---------------------------------------------------------------------- streams
+
+
+async def _pump(request: web.Request, stream_frames: Any) -> EventSourceResponse:
+    """Open the SSE response and write frames until the stream is told to end."""
+    # Keep-alives come from the hub (one timer for every stream, ": keepalive" as the protocol says), so the
+    # response's own ping is parked far away.
+    response = EventSourceResponse(sep="\n", ping_interval=PARKED_PING_S)
+    await response.prepare(request)
+    try:
+        while frames := await stream_frames():
+            for frame in frames:
+                await response.write(frame)
+    finally:
+        response.stop_streaming()
+    return response
+
+
+@routes.get("/channels/{name}/subscribe")
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    key = _key(request)
+    name = _channel(request, key)
+    client_id = check_text("clientId", request.query.get("clientId"), MAX_ID_LENGTH)
+    request_id = check_text("requestId", request.query.get("requestId"), MAX_ID_LENGTH)
+    assert client_id is not None and request_id is not None
+    state = state_of(request)
+    attachment = state.new_attachment()
+    # Register before attaching, so no event committed after the attach can be missed.
+    stream = state.hub.open_ticket_stream(name, request_id, attachment)
+    try:
+        await _apply(request, state.service.attach(name, client_id, request_id, attachment))
+    except BaseException:
+        state.hub.discard(stream)
+        raise
+    try:
+        return await _pump(request, stream.next_frames)
+    finally:
+        state.hub.discard(stream)
+        if not (stream.ticket_over or stream.replaced):
+            state.spawn(state.service.detach(name, request_id, attachment))
+
+
+@routes.get("/channels/{name}/observe")
+async def observe(request: web.Request) -> web.StreamResponse:
+    key = _key(request)
+    name = _channel(request, key)
+    state = state_of(request)
+    stream = state.hub.open_observer_stream(name)
+    try:
+        await state.service.get_channel(name)
+        return await _pump(request, stream.next_frames)
+    finally:
+        state.hub.discard(stream)
+
+
+def not_found(request: web.Request) -> TurnqError:
+    return TurnqError(ErrorCode.ROUTE_NOT_FOUND, f"no such endpoint: {request.method} {request.path}")
