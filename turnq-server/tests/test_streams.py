@@ -1,0 +1,263 @@
+"""Subscriber and observer streams: exact framing, the events of every transition, grace and resubscribe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from server_kit import ADMIN_KEY, Server, make_config, running_server
+
+
+async def test_frames_are_exact_lf_lines(server: Server) -> None:
+    ch = await server.create("frames")
+    rid, _ = await server.enqueue(ch, "c1")
+    sse = await server.subscribe(ch, "c1", rid)
+    try:
+        assert sse.response.headers["Content-Type"].startswith("text/event-stream")
+        data = await sse.expect("your-turn")
+        assert set(data) == {"channel", "requestId", "leaseExpiresAt", "fencingToken"}
+        assert sse.raw[0] == "event: your-turn\n"
+        assert sse.raw[1].startswith("data: {")
+        assert sse.raw[1].endswith("}\n")
+        assert sse.raw[2] == "\n"
+        assert await server.release(ch, "c1", rid) == 204
+        assert await sse.ended()  # the server ends the stream when the ticket is over
+    finally:
+        sse.close()
+
+
+async def test_waiter_hears_queued_position_and_turn(server: Server) -> None:
+    ch = await server.create("wait")
+    r1, _ = await server.enqueue(ch, "c1")
+    r2, _ = await server.enqueue(ch, "c2")
+    r3, _ = await server.enqueue(ch, "c3")
+    sse = await server.subscribe(ch, "c3", r3)
+    try:
+        assert await sse.expect("queued") == {"channel": ch, "requestId": r3, "position": 2}
+        await server.release(ch, "c1", r1)
+        assert await sse.expect("position-updated") == {"channel": ch, "requestId": r3, "position": 1}
+        await server.release(ch, "c2", r2)
+        turn = await sse.expect("your-turn")
+        assert turn["fencingToken"] == 3
+        assert turn["leaseExpiresAt"] > time.time() * 1000
+    finally:
+        sse.close()
+
+
+async def test_subscribe_errors(server: Server) -> None:
+    ch = await server.create("suberr")
+    rid, _ = await server.enqueue(ch, "c1")
+    status, body = await server.call("GET", server.path(ch, "subscribe") + "?clientId=c1&requestId=nope")
+    assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
+    status, body = await server.call("GET", server.path(ch, "subscribe") + f"?clientId=other&requestId={rid}")
+    assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
+    status, body = await server.call("GET", server.path("missing", "subscribe") + f"?clientId=c1&requestId={rid}")
+    assert (status, body["code"]) == (404, "CHANNEL_NOT_FOUND")
+    status, body = await server.call("GET", server.path(ch, "subscribe") + "?clientId=c1")
+    assert (status, body["code"]) == (400, "MALFORMED_REQUEST")
+    assert "requestId" in body["message"]
+
+
+async def test_lease_expiry_through_the_reaper(server: Server) -> None:
+    ch = await server.create("lease", leaseMs=300)
+    r1, _ = await server.enqueue(ch, "c1")
+    r2, _ = await server.enqueue(ch, "c2")
+    s1 = await server.subscribe(ch, "c1", r1)
+    s2 = await server.subscribe(ch, "c2", r2)
+    obs = await server.observe(ch)
+    try:
+        first = await s1.expect("your-turn")
+        started = time.monotonic()
+        assert await s1.expect("timeout") == {"channel": ch, "requestId": r1, "reason": "lease_expired"}
+        assert time.monotonic() - started < 2.0
+        assert await s1.ended()
+        second = await s2.expect("your-turn")
+        assert second["fencingToken"] > first["fencingToken"]
+        completed = await obs.expect("turn-completed")
+        assert completed["success"] is False
+        assert completed["error"] == "LEASE_EXPIRED"
+        assert completed["clientId"] == "c1"
+        assert await server.release(ch, "c1", r1) == 403
+    finally:
+        for s in (s1, s2, obs):
+            s.close()
+
+
+async def test_renew_keeps_the_turn_past_the_lease(server: Server) -> None:
+    ch = await server.create("renew", leaseMs=300)
+    rid, _ = await server.enqueue(ch, "c1")
+    for _ in range(5):
+        await asyncio.sleep(0.15)
+        status, _ = await server.call("POST", server.path(ch, "renew"), {"clientId": "c1", "requestId": rid})
+        assert status == 200
+    assert (await server.queue(ch))["holder"]["requestId"] == rid
+    assert await server.release(ch, "c1", rid) == 204
+
+
+async def test_max_wait(server: Server) -> None:
+    ch = await server.create("maxwait", maxWaitMs=300, leaseMs=60000)
+    r1, _ = await server.enqueue(ch, "c1")
+    r2, _ = await server.enqueue(ch, "c2")
+    s1 = await server.subscribe(ch, "c1", r1)
+    s2 = await server.subscribe(ch, "c2", r2)
+    try:
+        assert await s2.expect("timeout") == {"channel": ch, "requestId": r2, "reason": "max_wait_exceeded"}
+        assert await s2.ended()
+        assert (await server.queue(ch))["depth"] == 1
+    finally:
+        s1.close()
+        s2.close()
+
+
+async def test_observer_sees_the_line(server: Server) -> None:
+    ch = await server.create("obs")
+    obs = await server.observe(ch)
+    try:
+        r1, _ = await server.enqueue(ch, "c1")
+        r2, _ = await server.enqueue(ch, "c2")
+        await server.call("POST", server.path(ch, "abort"), {"clientId": "c2"})
+        await server.release(ch, "c1", r1, result={"success": True})
+        assert await obs.expect("queued") == {"channel": ch, "clientId": "c1", "requestId": r1, "position": 0}
+        started = await obs.expect("turn-started")
+        assert (started["clientId"], started["fencingToken"]) == ("c1", 1)
+        assert (await obs.expect("queued"))["clientId"] == "c2"
+        left = await obs.expect("left")
+        assert (left["clientId"], left["reason"]) == ("c2", "aborted")
+        done = await obs.expect("turn-completed")
+        assert (done["clientId"], done["success"]) == ("c1", True)
+        await server.call("DELETE", server.path(ch))
+        assert await obs.expect("channel-deleted") == {"channel": ch}
+        assert await obs.ended()
+    finally:
+        obs.close()
+    assert r2
+
+
+async def test_one_live_stream_per_ticket(server: Server) -> None:
+    ch = await server.create("one", graceMs=200)
+    await server.enqueue(ch, "c0")
+    rid, _ = await server.enqueue(ch, "c1")
+    first = await server.subscribe(ch, "c1", rid)
+    await first.expect("queued")
+    second = await server.subscribe(ch, "c1", rid)
+    try:
+        assert await second.expect("queued") == {"channel": ch, "requestId": rid, "position": 1}
+        assert await first.ended()  # replaced
+        await asyncio.sleep(0.5)  # past the grace: the replaced stream's closing changed nothing
+        assert [q["clientId"] for q in (await server.queue(ch))["queue"]] == ["c1"]
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_grace_keeps_the_place_after_a_dropped_connection(server: Server) -> None:
+    ch = await server.create("grace", graceMs=1500)
+    await server.enqueue(ch, "c0")
+    rid, _ = await server.enqueue(ch, "c1")
+    r2, _ = await server.enqueue(ch, "c2")
+    sse = await server.subscribe(ch, "c1", rid)
+    await sse.expect("queued")
+    sse.response.connection.transport.abort()  # type: ignore[union-attr]  # drop the TCP connection
+    sse.close()
+    await asyncio.sleep(0.5)
+    again = await server.subscribe(ch, "c1", rid)
+    try:
+        assert await again.expect("queued") == {"channel": ch, "requestId": rid, "position": 1}
+        await asyncio.sleep(1.5)
+        assert [q["clientId"] for q in (await server.queue(ch))["queue"]] == ["c1", "c2"]
+    finally:
+        again.close()
+    assert r2
+
+
+async def test_absent_client_is_dropped_after_the_grace(server: Server) -> None:
+    ch = await server.create("gone", graceMs=300)
+    r0, _ = await server.enqueue(ch, "c0")
+    holder = await server.subscribe(ch, "c0", r0)
+    rid, _ = await server.enqueue(ch, "c1")
+    r2, _ = await server.enqueue(ch, "c2")
+    waiter = await server.subscribe(ch, "c2", r2)
+    sse = await server.subscribe(ch, "c1", rid)
+    obs = await server.observe(ch)
+    try:
+        await sse.expect("queued")
+        await waiter.expect("queued")
+        sse.response.connection.transport.abort()  # type: ignore[union-attr]
+        sse.close()
+        left = await obs.expect("left", timeout=5)
+        assert (left["clientId"], left["reason"]) == ("c1", "disconnected")
+        assert await waiter.expect("position-updated") == {"channel": ch, "requestId": r2, "position": 1}
+        status, body = await server.call("GET", server.path(ch, "subscribe") + f"?clientId=c1&requestId={rid}")
+        assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
+        # A holder that goes away loses its turn the same way.
+        holder.response.connection.transport.abort()  # type: ignore[union-attr]
+        holder.close()
+        done = await obs.expect("turn-completed", timeout=5)
+        assert (done["clientId"], done["error"]) == ("c0", "CLIENT_DISCONNECTED")
+        assert (await waiter.expect("your-turn"))["fencingToken"] == 2
+    finally:
+        for s in (waiter, obs):
+            s.close()
+
+
+async def test_zero_grace_drops_at_once(server: Server) -> None:
+    ch = await server.create("nograce", graceMs=0)
+    r0, _ = await server.enqueue(ch, "c0")
+    holder = await server.subscribe(ch, "c0", r0)
+    r1, _ = await server.enqueue(ch, "c1")
+    waiter = await server.subscribe(ch, "c1", r1)
+    try:
+        await holder.expect("your-turn")
+        await waiter.expect("queued")
+        holder.response.connection.transport.abort()  # type: ignore[union-attr]
+        holder.close()
+        assert (await waiter.expect("your-turn", timeout=2))["fencingToken"] == 2
+    finally:
+        waiter.close()
+
+
+async def test_resubscribe_while_holding_repeats_the_real_deadline(server: Server) -> None:
+    ch = await server.create("again", leaseMs=60000)
+    rid, _ = await server.enqueue(ch, "c1")
+    first = await server.subscribe(ch, "c1", rid)
+    turn = await first.expect("your-turn")
+    first.close()
+    await asyncio.sleep(0.05)
+    second = await server.subscribe(ch, "c1", rid)
+    try:
+        assert await second.expect("your-turn") == turn
+    finally:
+        second.close()
+
+
+async def test_shutdown_tells_every_stream() -> None:
+    runner = running_server(make_config())
+    server = await runner.__aenter__()
+    ch = await server.create("bye")
+    rid, _ = await server.enqueue(ch, "c1")
+    sse = await server.subscribe(ch, "c1", rid)
+    obs = await server.observe(ch)
+    await sse.expect("your-turn")
+    session = aiohttp.ClientSession()
+    try:
+        cleanup = asyncio.create_task(runner.runner.cleanup())
+        assert await sse.expect("server-shutdown") == {"reason": "server stopping"}
+        assert await obs.expect("server-shutdown") == {"reason": "server stopping"}
+        await asyncio.wait_for(cleanup, 10)
+    finally:
+        sse.close()
+        obs.close()
+        await session.close()
+        await server.session.close()
+
+
+async def test_api_key_in_query_for_subscribe(server: Server) -> None:
+    ch = await server.create("q")
+    rid, _ = await server.enqueue(ch, "c1")
+    async with server.session.get(
+        server.path(ch, "subscribe") + f"?clientId=c1&requestId={rid}&apiKey={ADMIN_KEY}"
+    ) as resp:
+        assert resp.status == 200
+        line = await asyncio.wait_for(resp.content.readline(), 5)
+        assert line == b"event: your-turn\n"
