@@ -61,7 +61,7 @@ async def protocol_middleware(request: web.Request, handler: Handler) -> web.Str
     finally:
         route = request.match_info.route.resource
         path = route.canonical if route is not None else "unmatched"
-        request.app[STATE_KEY].metrics.requests.labels(request.method, path, str(status)).inc()
+        request.app[STATE_KEY].metrics.count_request(request.method, path, status)
 
 
 def create_app(config: ServerConfig, backend: Backend | None = None) -> web.Application:

@@ -22,9 +22,12 @@ KEEPALIVE_FRAME = b": keepalive\n\n"
 MAX_OBSERVER_BACKLOG = 10_000
 
 
+encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_frame(name: str, data: dict[str, Any]) -> bytes:
     """``event: NAME\\ndata: JSON\\n\\n`` with LF line ends, exactly as the protocol (and the bash client) expects."""
-    return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data, separators=(",", ":")).encode())
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), encode_json(data).encode())
 
 
 class Stream:

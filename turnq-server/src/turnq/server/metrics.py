@@ -62,6 +62,16 @@ class Metrics:
             registry=r,
         )
 
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+
+    def count_request(self, method: str, path: str, status: int) -> None:
+        """Count a request; the labelled child is cached, since this runs on every request."""
+        key = (method, path, status)
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self._request_counters[key] = self.requests.labels(method, path, str(status))
+        child.inc()
+
     def on_batch(self, batch: EventBatch) -> None:
         channel = batch.channel
         if batch.deleted:

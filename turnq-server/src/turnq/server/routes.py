@@ -27,6 +27,7 @@ from turnq.core.limits import (
 )
 
 from .auth import ApiKey, Authenticator
+from .hub import encode_json
 from .state import ServerState
 
 T = TypeVar("T")
@@ -78,9 +79,7 @@ def _request_id(body: dict[str, Any], *, required: bool) -> str | None:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(), status=status, content_type="application/json"
-    )
+    return web.Response(body=encode_json(data).encode(), status=status, content_type="application/json")
 
 
 async def _apply(request: web.Request, op: Awaitable[T]) -> T:
@@ -254,16 +253,24 @@ async def steps(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- streams
 
 
-async def _pump(request: web.Request, stream_frames: Any) -> EventSourceResponse:
+class TicketEventSource(EventSourceResponse):
+    """A subscriber's stream. Its first frame (``queued`` or ``your-turn``) is already waiting when the response
+    starts, so the headers go out with it in one write instead of two."""
+
+    _send_headers_immediately = False
+
+
+async def _pump(
+    request: web.Request, stream_frames: Any, response_type: type[EventSourceResponse]
+) -> EventSourceResponse:
     """Open the SSE response and write frames until the stream is told to end."""
     # Keep-alives come from the hub (one timer for every stream, ": keepalive" as the protocol says), so the
     # response's own ping is parked far away.
-    response = EventSourceResponse(sep="\n", ping_interval=PARKED_PING_S)
+    response = response_type(sep="\n", ping_interval=PARKED_PING_S)
     await response.prepare(request)
     try:
         while frames := await stream_frames():
-            for frame in frames:
-                await response.write(frame)
+            await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
     finally:
         response.stop_streaming()
     return response
@@ -286,7 +293,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         state.hub.discard(stream)
         raise
     try:
-        return await _pump(request, stream.next_frames)
+        return await _pump(request, stream.next_frames, TicketEventSource)
     finally:
         state.hub.discard(stream)
         if not (stream.ticket_over or stream.replaced):
@@ -301,7 +308,7 @@ async def observe(request: web.Request) -> web.StreamResponse:
     stream = state.hub.open_observer_stream(name)
     try:
         await state.service.get_channel(name)
-        return await _pump(request, stream.next_frames)
+        return await _pump(request, stream.next_frames, EventSourceResponse)
     finally:
         state.hub.discard(stream)
 
