@@ -33,7 +33,6 @@ from .state import ServerState
 T = TypeVar("T")
 routes = web.RouteTableDef()
 NO_CONTENT = 204
-PARKED_PING_S = 10.0**6
 
 
 def state_of(request: web.Request) -> ServerState:
@@ -253,7 +252,16 @@ async def steps(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- streams
 
 
-class TicketEventSource(EventSourceResponse):
+class ObserverEventSource(EventSourceResponse):
+    """An SSE response whose keep-alives come from the hub: one timer for every open stream, writing the
+    protocol's ``: keepalive`` comment, instead of a sleeping ping task per stream (which would cost each idle
+    waiter a task, a future and a timer)."""
+
+    async def _ping(self) -> None:
+        return None
+
+
+class TicketEventSource(ObserverEventSource):
     """A subscriber's stream. Its first frame (``queued`` or ``your-turn``) is already waiting when the response
     starts, so the headers go out with it in one write instead of two."""
 
@@ -264,9 +272,7 @@ async def _pump(
     request: web.Request, stream_frames: Any, response_type: type[EventSourceResponse]
 ) -> EventSourceResponse:
     """Open the SSE response and write frames until the stream is told to end."""
-    # Keep-alives come from the hub (one timer for every stream, ": keepalive" as the protocol says), so the
-    # response's own ping is parked far away.
-    response = response_type(sep="\n", ping_interval=PARKED_PING_S)
+    response = response_type(sep="\n")
     await response.prepare(request)
     try:
         while frames := await stream_frames():
@@ -308,7 +314,7 @@ async def observe(request: web.Request) -> web.StreamResponse:
     stream = state.hub.open_observer_stream(name)
     try:
         await state.service.get_channel(name)
-        return await _pump(request, stream.next_frames, EventSourceResponse)
+        return await _pump(request, stream.next_frames, ObserverEventSource)
     finally:
         state.hub.discard(stream)
 
