@@ -1,0 +1,23 @@
+"""The SQL layer shared by turnq's durable backends (SQLite and PostgreSQL).
+
+It holds what does not depend on the database engine: the schema as SQLAlchemy Core tables and its forward
+migrations, the conversion between rows and the core model, and :class:`SqlUnit`, a
+:class:`~turnq.core.ChannelUnit` that answers most reads from what the unit already knows and holds writes back
+until a read needs them or the unit commits, so a turn costs a handful of round trips whatever the engine.
+It ships with turnq-backend-sqlite because every turnq server installs that backend as its default.
+"""
+
+from .listeners import ListenerSet
+from .rows import ChannelRow
+from .schema import SCHEMA_VERSION, SchemaVersionError, metadata
+from .unit import PendingWrites, SqlUnit
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChannelRow",
+    "ListenerSet",
+    "PendingWrites",
+    "SchemaVersionError",
+    "SqlUnit",
+    "metadata",
+]
