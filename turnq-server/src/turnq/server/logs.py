@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -30,6 +31,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse with its parser's message, which quotes the offending raw line:
+    a request line carrying ``?apiKey=KEY`` or an ``x-api-key: KEY`` header line, so a key would reach the log.
+    Keep the fact (and the error's class), drop the raw bytes and the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: malformed HTTP request ({type(exc).__name__}, {exc.code})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.WARNING:  # a client's bad bytes are not a server error
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED_FILTER = MalformedRequestFilter()
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -37,6 +58,9 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    server_logger = logging.getLogger("aiohttp.server")
+    if _MALFORMED_FILTER not in server_logger.filters:
+        server_logger.addFilter(_MALFORMED_FILTER)
 
 
 class AccessLogger(AbstractAccessLogger):
