@@ -13,17 +13,20 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from turnq.core import ErrorCode, TurnqError
 
 from .endpoints import key_from_env, urls_from_env
 from .errors import ServerUnavailableError
-from .http import AsyncTurnqClient, TurnqClient
 from .local import LocalQueue
 from .local_turn import LocalAsyncTurn, LocalTurn
-from .models import Health
 from .turn import AsyncTurn, PositionCallback, Turn
+
+if TYPE_CHECKING:
+    # The HTTP stack is imported only when a server is configured, so local mode starts fast.
+    from .http import AsyncTurnqClient, TurnqClient
+    from .models import Health
 
 T = TypeVar("T")
 Mode = Literal["local", "distributed"]
@@ -253,6 +256,8 @@ def create_coordinator(
     if reason is not None:
         _fall_back_or_raise(plan, reason, TurnqError(ErrorCode.UNAUTHORIZED, reason))
         return Coordinator(lock_dir=lock_dir)
+    from .http import TurnqClient
+
     probe = TurnqClient(plan.urls, plan.api_key, timeout=probe_timeout)
     try:
         _check_health(probe.url, probe.health)
@@ -286,6 +291,8 @@ async def create_async_coordinator(
     if reason is not None:
         _fall_back_or_raise(plan, reason, TurnqError(ErrorCode.UNAUTHORIZED, reason))
         return AsyncCoordinator(lock_dir=lock_dir)
+    from .http import AsyncTurnqClient
+
     probe = AsyncTurnqClient(plan.urls, plan.api_key, timeout=probe_timeout)
     try:
         health = await probe.health()
