@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -31,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
 from procstats import ProcStats, free_port
+from wire import Connection, EventStream
 
 KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -91,18 +91,17 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         self.stats = ProcStats(self.proc.pid)
-        async with aiohttp.ClientSession() as s:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    async with s.get(f"{self.url}/health") as r:
-                        if r.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"server did not start; see {self.log.name}")
-                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"server did not start; see {self.log.name}")
+            await asyncio.sleep(0.05)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -115,75 +114,59 @@ class Server:
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.s = session
-        self.url = url
-        self.h = {"x-api-key": KEY, "content-type": "application/json"}
+    """The protocol calls the benchmark makes, over one keep-alive connection per simulated client."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.conn = Connection(self.host, self.port, KEY)
 
     async def create(self, name: str, **settings: Any) -> None:
-        async with self.s.post(
-            f"{self.url}/channels", data=json.dumps({"name": name, **settings}), headers=self.h
-        ) as r:
-            assert r.status == 201, await r.text()
+        status, body = await self.conn.post("/channels", {"name": name, **settings})
+        assert status == 201, body
 
     async def enqueue(self, channel: str, client_id: str) -> str:
-        async with self.s.post(
-            f"{self.url}/channels/{channel}/enqueue", data=json.dumps({"clientId": client_id}), headers=self.h
-        ) as r:
-            body = await r.json()
-            assert r.status == 200, body
-            return str(body["requestId"])
+        status, body = await self.conn.post(f"/channels/{channel}/enqueue", {"clientId": client_id})
+        assert status == 200, body
+        return str(body["requestId"])
 
     async def release(self, channel: str, client_id: str, request_id: str) -> None:
-        async with self.s.post(
-            f"{self.url}/channels/{channel}/release",
-            data=json.dumps({"clientId": client_id, "requestId": request_id}),
-            headers=self.h,
-        ) as r:
-            assert r.status == 204, await r.text()
-
-    async def subscribe(self, channel: str, client_id: str, request_id: str) -> aiohttp.ClientResponse:
-        r = await self.s.get(
-            f"{self.url}/channels/{channel}/subscribe?clientId={client_id}&requestId={request_id}",
-            headers={"x-api-key": KEY},
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        status, body = await self.conn.post(
+            f"/channels/{channel}/release", {"clientId": client_id, "requestId": request_id}
         )
-        assert r.status == 200, await r.text()
-        return r
+        assert status == 204, body
 
+    async def subscribe(self, channel: str, client_id: str, request_id: str) -> EventStream:
+        return await EventStream.open(
+            self.host,
+            self.port,
+            KEY,
+            f"/channels/{channel}/subscribe?clientId={client_id}&requestId={request_id}",
+        )
 
-async def wait_turn(resp: aiohttp.ClientResponse, timeout: float = 120) -> dict[str, Any]:
-    """Read frames until your-turn; returns its data."""
-    name = ""
-    while True:
-        line = await asyncio.wait_for(resp.content.readline(), timeout)
-        if not line:
-            raise RuntimeError("stream ended before your-turn")
-        if line.startswith(b"event: "):
-            name = line[7:-1].decode()
-        elif line.startswith(b"data: ") and name == "your-turn":
-            return json.loads(line[6:])  # type: ignore[no-any-return]
-
-
-def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+    def close(self) -> None:
+        self.conn.close()
 
 
 async def turn_loop(
-    api: Api, channel: str, turns: int, grants: dict[int, float], releases: dict[int, float]
+    url: str, channel: str, turns: int, grants: dict[int, float], releases: dict[int, float]
 ) -> None:
+    api = Api(url)
     client_id = uuid.uuid4().hex
-    for _ in range(turns):
-        rid = await api.enqueue(channel, client_id)
-        resp = await api.subscribe(channel, client_id, rid)
-        try:
-            turn = await wait_turn(resp)
-            token = int(turn["fencingToken"])
-            grants[token] = time.perf_counter()
-            releases[token] = time.perf_counter()
-            await api.release(channel, client_id, rid)
-        finally:
-            resp.close()
+    try:
+        for _ in range(turns):
+            rid = await api.enqueue(channel, client_id)
+            stream = await api.subscribe(channel, client_id, rid)
+            try:
+                turn = await asyncio.wait_for(stream.until("your-turn"), 120)
+                token = int(turn["fencingToken"])
+                grants[token] = time.perf_counter()
+                releases[token] = time.perf_counter()
+                await api.release(channel, client_id, rid)
+            finally:
+                stream.close()
+    finally:
+        api.close()
 
 
 def handoffs(grants: dict[int, float], releases: dict[int, float]) -> list[float]:
@@ -191,23 +174,23 @@ def handoffs(grants: dict[int, float], releases: dict[int, float]) -> list[float
 
 
 async def run_channels(server: Server, channels: int, clients: int, turns: int) -> Result:
-    async with session() as s:
-        api = Api(s, server.url)
-        names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(channels)]
-        for name in names:
-            await api.create(name)
-        logs = {name: ({}, {}) for name in names}
-        cpu0 = server.stats.cpu_seconds()
-        t0 = time.perf_counter()
-        await asyncio.gather(
-            *(turn_loop(api, name, turns, *logs[name]) for name in names for _ in range(clients))
-        )
-        seconds = time.perf_counter() - t0
-        cpu = server.stats.cpu_seconds() - cpu0
-        result = Result(turns=channels * clients * turns, seconds=seconds, cpu_s=cpu)
-        for grants, releases in logs.values():
-            result.handoffs_ms.extend(handoffs(grants, releases))
-        return result
+    api = Api(server.url)
+    names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(channels)]
+    for name in names:
+        await api.create(name)
+    api.close()
+    logs: dict[str, tuple[dict[int, float], dict[int, float]]] = {name: ({}, {}) for name in names}
+    cpu0 = server.stats.cpu_seconds()
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *(turn_loop(server.url, name, turns, *logs[name]) for name in names for _ in range(clients))
+    )
+    seconds = time.perf_counter() - t0
+    cpu = server.stats.cpu_seconds() - cpu0
+    result = Result(turns=channels * clients * turns, seconds=seconds, cpu_s=cpu)
+    for grants, releases in logs.values():
+        result.handoffs_ms.extend(handoffs(grants, releases))
+    return result
 
 
 async def scenario_a(server: Server) -> Result:
@@ -219,76 +202,67 @@ async def scenario_b(server: Server) -> Result:
 
 
 async def scenario_c(server: Server, waiters: int = 2000) -> Result:
-    async with session() as s:
-        api = Api(s, server.url)
-        ch = f"deep-{uuid.uuid4().hex[:8]}"
-        await api.create(ch, leaseMs=600_000, graceMs=600_000)
-        holder_rid = await api.enqueue(ch, "holder")
-        grants: list[float] = []
-        ready = 0
-        all_ready = asyncio.Event()
+    api = Api(server.url)
+    ch = f"deep-{uuid.uuid4().hex[:8]}"
+    await api.create(ch, leaseMs=600_000, graceMs=600_000)
+    holder_rid = await api.enqueue(ch, "holder")
+    grants: list[float] = []
+    rids = [await api.enqueue(ch, f"w{i}") for i in range(waiters)]  # in order, so FIFO order is known
+    streams = []
+    for i, rid in enumerate(rids):
+        stream = await api.subscribe(ch, f"w{i}", rid)
+        assert (await stream.next() or ("",))[0] == "queued"
+        streams.append(stream)
 
-        async def waiter(i: int, rid: str) -> None:
-            nonlocal ready
-            resp = await api.subscribe(ch, f"w{i}", rid)
-            try:
-                ready += 1
-                if ready == waiters:
-                    all_ready.set()
-                await wait_turn(resp, timeout=300)
-                grants.append(time.perf_counter())
-                await api.release(ch, f"w{i}", rid)
-            finally:
-                resp.close()
+    async def waiter(i: int, stream: EventStream) -> None:
+        own = Api(server.url)
+        try:
+            await stream.until("your-turn")
+            grants.append(time.perf_counter())
+            await own.release(ch, f"w{i}", rids[i])
+        finally:
+            stream.close()
+            own.close()
 
-        rids = []
-        for i in range(waiters):  # enqueue in order, so FIFO order is known
-            rids.append(await api.enqueue(ch, f"w{i}"))
-        tasks = [asyncio.create_task(waiter(i, rid)) for i, rid in enumerate(rids)]
-        await asyncio.wait_for(all_ready.wait(), 120)
-        await asyncio.sleep(0.5)
-        cpu0 = server.stats.cpu_seconds()
-        t0 = time.perf_counter()
-        await api.release(ch, "holder", holder_rid)
-        await asyncio.wait_for(asyncio.gather(*tasks), 300)
-        seconds = grants[-1] - t0
-        cpu = server.stats.cpu_seconds() - cpu0
-        tenth = waiters // 10
-        first = tenth / (grants[tenth - 1] - t0)
-        last = tenth / (grants[-1] - grants[-tenth - 1])
-        return Result(
-            turns=waiters,
-            seconds=seconds,
-            cpu_s=cpu,
-            extra={"first10_tps": first, "last10_tps": last, "ratio": first / last},
-        )
+    tasks = [asyncio.create_task(waiter(i, s)) for i, s in enumerate(streams)]
+    await asyncio.sleep(0.5)
+    cpu0 = server.stats.cpu_seconds()
+    t0 = time.perf_counter()
+    await api.release(ch, "holder", holder_rid)
+    await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    api.close()
+    seconds = grants[-1] - t0
+    cpu = server.stats.cpu_seconds() - cpu0
+    tenth = waiters // 10
+    first = tenth / (grants[tenth - 1] - t0)
+    last = tenth / (grants[-1] - grants[-tenth - 1])
+    return Result(
+        turns=waiters,
+        seconds=seconds,
+        cpu_s=cpu,
+        extra={"first10_tps": first, "last10_tps": last, "first/last": first / last},
+    )
 
 
 async def scenario_d(server: Server, waiters: int = 5000) -> Result:
-    async with session() as s:
-        api = Api(s, server.url)
-        ch = f"idle-{uuid.uuid4().hex[:8]}"
-        await api.create(ch, leaseMs=600_000, graceMs=600_000)
-        await api.enqueue(ch, "holder")
-        await asyncio.sleep(0.5)
-        rss0 = server.stats.rss_bytes()
-        sem = asyncio.Semaphore(200)
-        streams: list[aiohttp.ClientResponse] = []
-
-        async def waiter(i: int) -> None:
-            async with sem:
-                rid = await api.enqueue(ch, f"w{i}")
-                resp = await api.subscribe(ch, f"w{i}", rid)
-                line = await asyncio.wait_for(resp.content.readline(), 60)
-                assert line == b"event: queued\n"
-                streams.append(resp)
-
-        await asyncio.wait_for(asyncio.gather(*(waiter(i) for i in range(waiters))), 300)
-        await asyncio.sleep(1.0)
-        rss1 = server.stats.rss_bytes()
-        for resp in streams:
-            resp.close()
-        return Result(turns=0, extra={"bytes_per_waiter": (rss1 - rss0) / waiters})
+    api = Api(server.url)
+    ch = f"idle-{uuid.uuid4().hex[:8]}"
+    await api.create(ch, leaseMs=600_000, graceMs=600_000)
+    await api.enqueue(ch, "holder")
+    await asyncio.sleep(0.5)
+    rss0 = server.stats.rss_bytes()
+    streams = []
+    for i in range(waiters):
+        rid = await api.enqueue(ch, f"w{i}")
+        stream = await api.subscribe(ch, f"w{i}", rid)
+        assert (await stream.next() or ("",))[0] == "queued"
+        streams.append(stream)
+    await asyncio.sleep(1.0)
+    rss1 = server.stats.rss_bytes()
+    for stream in streams:
+        stream.close()
+    api.close()
+    return Result(turns=0, extra={"KiB_per_waiter": (rss1 - rss0) / waiters / 1024})
 
 
 SCENARIOS: dict[str, Callable[[Server], Awaitable[Result]]] = {
@@ -315,7 +289,7 @@ async def main() -> None:
         default=os.environ.get("TURNQ_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     rows = []
@@ -350,4 +324,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

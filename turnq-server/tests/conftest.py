@@ -10,12 +10,10 @@ import pytest_asyncio
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from server_kit import Server, make_config, running_server  # noqa: E402
+from server_kit import Server, make_config, running_server
 
 
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[Server]:
     async with running_server(make_config()) as srv:
         yield srv
-
-

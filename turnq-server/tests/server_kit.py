@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-
 from turnq.core.memory import MemoryBackend
 from turnq.server import ServerConfig, create_app
 from turnq.server.auth import ApiKey, Role

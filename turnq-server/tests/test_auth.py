@@ -18,9 +18,13 @@ from server_kit import ADMIN_KEY, CI_KEY, CLIENT_KEY, Server
         ("DELETE", "/channels/nope/holder"),
     ],
 )
-async def test_missing_or_wrong_key_is_401_before_channel_logic(server: Server, method: str, path: str) -> None:
+async def test_missing_or_wrong_key_is_401_before_channel_logic(
+    server: Server, method: str, path: str
+) -> None:
     for key in (None, "wrong", ADMIN_KEY + "x", ADMIN_KEY[:-1]):
-        status, body = await server.call(method, server.url + path, {"clientId": "c"} if method == "POST" else None, key=key)
+        status, body = await server.call(
+            method, server.url + path, {"clientId": "c"} if method == "POST" else None, key=key
+        )
         assert (status, body["code"]) == (401, "UNAUTHORIZED")
         assert "wrong" not in body["message"]
         assert ADMIN_KEY not in body["message"]
@@ -31,7 +35,9 @@ async def test_client_role(server: Server) -> None:
     rid, _ = await server.enqueue("work", "c1", key=CLIENT_KEY)
     status, _ = await server.call("GET", server.path("work", "queue"), key=CLIENT_KEY)
     assert status == 200
-    status, _ = await server.call("POST", server.path("work", "renew"), {"clientId": "c1", "requestId": rid}, key=CLIENT_KEY)
+    status, _ = await server.call(
+        "POST", server.path("work", "renew"), {"clientId": "c1", "requestId": rid}, key=CLIENT_KEY
+    )
     assert status == 200
     for method, url, body in (
         ("POST", f"{server.url}/channels", {"name": "new"}),
@@ -40,7 +46,9 @@ async def test_client_role(server: Server) -> None:
     ):
         status, err = await server.call(method, url, body, key=CLIENT_KEY)
         assert (status, err["code"]) == (403, "FORBIDDEN"), url
-    status, _ = await server.call("POST", server.path("work", "release"), {"clientId": "c1", "requestId": rid}, key=CLIENT_KEY)
+    status, _ = await server.call(
+        "POST", server.path("work", "release"), {"clientId": "c1", "requestId": rid}, key=CLIENT_KEY
+    )
     assert status == 204
 
 

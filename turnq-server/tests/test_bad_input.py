@@ -35,16 +35,51 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", "enqueue", {"clientId": LONG}, 400, "MALFORMED_REQUEST", "clientId"),
     ("POST", "enqueue", b"nope", 400, "MALFORMED_REQUEST", "JSON"),
     ("POST", "release", {"clientId": "c0"}, 400, "MALFORMED_REQUEST", "requestId"),
-    ("POST", "release", {"clientId": "c0", "requestId": "r", "result": "ok"}, 400, "MALFORMED_REQUEST", "result"),
-    ("POST", "release", {"clientId": "c0", "requestId": "r", "result": {"success": "yes"}}, 400, "MALFORMED_REQUEST", "success"),
-    ("POST", "release", {"clientId": "c0", "requestId": "r", "result": {"success": False, "error": 3}}, 400, "MALFORMED_REQUEST", "error"),
+    (
+        "POST",
+        "release",
+        {"clientId": "c0", "requestId": "r", "result": "ok"},
+        400,
+        "MALFORMED_REQUEST",
+        "result",
+    ),
+    (
+        "POST",
+        "release",
+        {"clientId": "c0", "requestId": "r", "result": {"success": "yes"}},
+        400,
+        "MALFORMED_REQUEST",
+        "success",
+    ),
+    (
+        "POST",
+        "release",
+        {"clientId": "c0", "requestId": "r", "result": {"success": False, "error": 3}},
+        400,
+        "MALFORMED_REQUEST",
+        "error",
+    ),
     ("POST", "abort", {"requestId": "r"}, 400, "MALFORMED_REQUEST", "clientId"),
     ("POST", "abort", {"clientId": "c0", "requestId": 5}, 400, "MALFORMED_REQUEST", "requestId"),
     ("POST", "renew", {"clientId": "c0"}, 400, "MALFORMED_REQUEST", "requestId"),
-    ("POST", "renew", {"clientId": "c0", "requestId": "r", "leaseMs": 0}, 400, "MALFORMED_REQUEST", "leaseMs"),
+    (
+        "POST",
+        "renew",
+        {"clientId": "c0", "requestId": "r", "leaseMs": 0},
+        400,
+        "MALFORMED_REQUEST",
+        "leaseMs",
+    ),
     ("POST", "steps", {"clientId": "c0", "step": "s", "event": "middle"}, 400, "MALFORMED_REQUEST", "event"),
     ("POST", "steps", {"clientId": "c0", "event": "start"}, 400, "MALFORMED_REQUEST", "step"),
-    ("POST", "steps", {"clientId": "c0", "step": "s", "event": "end", "success": 1}, 400, "MALFORMED_REQUEST", "success"),
+    (
+        "POST",
+        "steps",
+        {"clientId": "c0", "step": "s", "event": "end", "success": 1},
+        400,
+        "MALFORMED_REQUEST",
+        "success",
+    ),
     ("POST", "enqueue", b"{" + b'"clientId":"' + b"x" * 70_000 + b'"}', 413, "PAYLOAD_TOO_LARGE", "bytes"),
     ("GET", "/nowhere", None, 404, "ROUTE_NOT_FOUND", "/nowhere"),
     ("PUT", "/channels", {}, 405, "METHOD_NOT_ALLOWED", "PUT"),
@@ -53,7 +88,9 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
 
 
 @pytest.mark.parametrize(("method", "where", "body", "status", "code", "words"), CASES)
-async def test_bad_input(server: Server, method: str, where: str, body: Any, status: int, code: str, words: str) -> None:
+async def test_bad_input(
+    server: Server, method: str, where: str, body: Any, status: int, code: str, words: str
+) -> None:
     await server.create("t")
     rid, _ = await server.enqueue("t", "c0")
     await server.enqueue("t", "c1")

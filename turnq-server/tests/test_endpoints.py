@@ -62,7 +62,10 @@ async def test_enqueue_release_queue_view(server: Server) -> None:
     assert view["active"] is True
     assert view["holder"]["clientId"] == "c1"
     assert view["holder"]["fencingToken"] == 1
-    assert [(q["clientId"], q["requestId"], q["position"]) for q in view["queue"]] == [("c2", r2, 1), ("c3", r3, 2)]
+    assert [(q["clientId"], q["requestId"], q["position"]) for q in view["queue"]] == [
+        ("c2", r2, 1),
+        ("c3", r3, 2),
+    ]
     assert all(q["waitingMs"] >= 0 and q["enqueuedAt"] > 0 for q in view["queue"])
     status, body = await server.call("POST", server.path(ch, "enqueue"), {"clientId": "c2"})
     assert (status, body["code"]) == (409, "ALREADY_QUEUED")
@@ -102,13 +105,17 @@ async def test_renew(server: Server) -> None:
     ch = await server.create("rn", leaseMs=2000)
     rid, _ = await server.enqueue(ch, "c1")
     before = (await server.queue(ch))["holder"]["leaseExpiresAt"]
-    status, body = await server.call("POST", server.path(ch, "renew"), {"clientId": "c1", "requestId": rid, "leaseMs": 60000})
+    status, body = await server.call(
+        "POST", server.path(ch, "renew"), {"clientId": "c1", "requestId": rid, "leaseMs": 60000}
+    )
     assert status == 200
     assert body["leaseExpiresAt"] >= before + 50000
     assert (await server.queue(ch))["holder"]["leaseExpiresAt"] == body["leaseExpiresAt"]
     status, body = await server.call("POST", server.path(ch, "renew"), {"clientId": "c2", "requestId": rid})
     assert (status, body["code"]) == (403, "NOT_YOUR_TURN")
-    status, body = await server.call("POST", server.path(ch, "renew"), {"clientId": "c1", "requestId": "nope"})
+    status, body = await server.call(
+        "POST", server.path(ch, "renew"), {"clientId": "c1", "requestId": "nope"}
+    )
     assert (status, body["code"]) == (403, "NOT_YOUR_TURN")
 
 
@@ -119,7 +126,9 @@ async def test_steps_holder_only(server: Server) -> None:
     obs = await server.observe(ch)
     try:
         status, _ = await server.call(
-            "POST", server.path(ch, "steps"), {"clientId": "c1", "requestId": rid, "step": "fetch", "event": "start"}
+            "POST",
+            server.path(ch, "steps"),
+            {"clientId": "c1", "requestId": rid, "step": "fetch", "event": "start"},
         )
         assert status == 204
         status, _ = await server.call(
@@ -133,12 +142,18 @@ async def test_steps_holder_only(server: Server) -> None:
         )
         assert (status, body["code"]) == (403, "NOT_YOUR_TURN")
         status, body = await server.call(
-            "POST", server.path(ch, "steps"), {"clientId": "c1", "requestId": "stale", "step": "x", "event": "start"}
+            "POST",
+            server.path(ch, "steps"),
+            {"clientId": "c1", "requestId": "stale", "step": "x", "event": "start"},
         )
         assert (status, body["code"]) == (403, "NOT_YOUR_TURN")
         assert await obs.expect("step-started") == {"channel": ch, "clientId": "c1", "step": "fetch"}
         assert await obs.expect("step-ended") == {
-            "channel": ch, "clientId": "c1", "step": "fetch", "success": False, "error": "net",
+            "channel": ch,
+            "clientId": "c1",
+            "step": "fetch",
+            "success": False,
+            "error": "net",
         }
     finally:
         obs.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 
@@ -15,7 +16,6 @@ async def test_fifo_and_mutual_exclusion_with_50_clients(server: Server) -> None
     ch = await server.create("race", leaseMs=30_000)
     obs = await server.observe(ch)
     spans: list[tuple[float, float, int, int, str]] = []  # (start, end, position, token, client)
-
 
     async def client(i: int) -> None:
         await asyncio.sleep(random.random() * 0.05)
@@ -37,7 +37,7 @@ async def test_fifo_and_mutual_exclusion_with_50_clients(server: Server) -> None
         await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(CLIENTS))), 90)
         by_start = sorted(spans)
         # Mutual exclusion: each turn ends before the next starts.
-        for (_, end, *_), (start, *_) in zip(by_start, by_start[1:], strict=False):
+        for (_, end, *_), (start, *_) in itertools.pairwise(by_start):
             assert end <= start
         # Fencing tokens strictly increase with every grant.
         tokens = [s[3] for s in by_start]

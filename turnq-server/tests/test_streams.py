@@ -52,7 +52,9 @@ async def test_subscribe_errors(server: Server) -> None:
     assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
     status, body = await server.call("GET", server.path(ch, "subscribe") + f"?clientId=other&requestId={rid}")
     assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
-    status, body = await server.call("GET", server.path("missing", "subscribe") + f"?clientId=c1&requestId={rid}")
+    status, body = await server.call(
+        "GET", server.path("missing", "subscribe") + f"?clientId=c1&requestId={rid}"
+    )
     assert (status, body["code"]) == (404, "CHANNEL_NOT_FOUND")
     status, body = await server.call("GET", server.path(ch, "subscribe") + "?clientId=c1")
     assert (status, body["code"]) == (400, "MALFORMED_REQUEST")
@@ -188,7 +190,9 @@ async def test_absent_client_is_dropped_after_the_grace(server: Server) -> None:
         left = await obs.expect("left", timeout=5)
         assert (left["clientId"], left["reason"]) == ("c1", "disconnected")
         assert await waiter.expect("position-updated") == {"channel": ch, "requestId": r2, "position": 1}
-        status, body = await server.call("GET", server.path(ch, "subscribe") + f"?clientId=c1&requestId={rid}")
+        status, body = await server.call(
+            "GET", server.path(ch, "subscribe") + f"?clientId=c1&requestId={rid}"
+        )
         assert (status, body["code"]) == (404, "REQUEST_NOT_FOUND")
         # A holder that goes away loses its turn the same way.
         holder.response.connection.transport.abort()  # type: ignore[union-attr]
