@@ -136,12 +136,15 @@ class Api:
         )
         assert status == 204, body
 
-    async def subscribe(self, channel: str, client_id: str, request_id: str) -> EventStream:
+    async def subscribe(
+        self, channel: str, client_id: str, request_id: str, reuse: EventStream | None = None
+    ) -> EventStream:
         return await EventStream.open(
             self.host,
             self.port,
             KEY,
             f"/channels/{channel}/subscribe?clientId={client_id}&requestId={request_id}",
+            reuse,
         )
 
     def close(self) -> None:
@@ -153,19 +156,21 @@ async def turn_loop(
 ) -> None:
     api = Api(url)
     client_id = uuid.uuid4().hex
+    stream: EventStream | None = None
     try:
         for _ in range(turns):
             rid = await api.enqueue(channel, client_id)
-            stream = await api.subscribe(channel, client_id, rid)
-            try:
-                turn = await asyncio.wait_for(stream.until("your-turn"), 120)
-                token = int(turn["fencingToken"])
-                grants[token] = time.perf_counter()
-                releases[token] = time.perf_counter()
-                await api.release(channel, client_id, rid)
-            finally:
-                stream.close()
+            stream = await api.subscribe(channel, client_id, rid, reuse=stream)
+            turn = await asyncio.wait_for(stream.until("your-turn"), 120)
+            token = int(turn["fencingToken"])
+            grants[token] = time.perf_counter()
+            releases[token] = time.perf_counter()
+            await api.release(channel, client_id, rid)
+            while await asyncio.wait_for(stream.next(), 30) is not None:
+                pass  # the server ends the stream after the release; its connection is then reused
     finally:
+        if stream is not None:
+            stream.close()
         api.close()
 
 

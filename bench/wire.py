@@ -64,16 +64,28 @@ class EventStream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.buffer = b""
+        self.finished = False  # the server ended the stream cleanly: the connection can be reused
 
     @classmethod
-    async def open(cls, host: str, port: int, key: str, path: str) -> EventStream:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def open(
+        cls, host: str, port: int, key: str, path: str, reuse: EventStream | None = None
+    ) -> EventStream:
+        """Open a stream, on ``reuse``'s keep-alive connection if that stream ended cleanly."""
+        if reuse is not None and reuse.finished:
+            reader, writer = reuse.reader, reuse.writer
+        else:
+            if reuse is not None:
+                reuse.close()
+            reader, writer = await asyncio.open_connection(host, port)
         writer.write(
             b"GET %s HTTP/1.1\r\nHost: %s\r\nx-api-key: %s\r\n\r\n"
             % (path.encode(), host.encode(), key.encode())
         )
-        status, _ = await _read_head(reader)
+        status, headers = await _read_head(reader)
         if status != 200:
+            length = int(headers.get(b"content-length", b"0"))
+            if length:
+                await reader.readexactly(length)
             writer.close()
             raise HttpError(f"subscribe answered {status}")
         return cls(reader, writer)
@@ -81,6 +93,8 @@ class EventStream:
     async def _chunk(self) -> bytes:
         size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
         if size == 0:
+            await self.reader.readexactly(2)  # the final CRLF
+            self.finished = True
             return b""
         data = await self.reader.readexactly(size + 2)
         return data[:-2]
