@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,3 +161,47 @@ def test_on_position_reports_place_then_zero(lock_dir: Path) -> None:
     out, _ = proc.communicate(timeout=20)
     seen = [int(x) for x in out.split()]
     assert seen == [1, 0]
+
+
+def test_ctrl_c_on_a_blocking_local_waiter_gives_the_ticket_up(lock_dir: Path) -> None:
+    script = (
+        "import sys\nfrom turnq.client import create_coordinator\n"
+        f"c = create_coordinator(lock_dir={str(lock_dir)!r})\n"
+        "try:\n"
+        "    with c.turn('k', on_position=lambda p: print('position', p, flush=True)):\n"
+        "        print('got it', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(42)\n"
+    )
+    coordinator = create_coordinator(lock_dir=lock_dir)
+    with coordinator.turn("k") as holder:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "position 1"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 42
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert [e.number for e in LocalQueue(lock_dir).entries("k")] == [holder.fencing_token]
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a pseudo-terminal")
+def test_position_shows_on_a_terminal_only(lock_dir: Path, cli_env: dict[str, str]) -> None:
+    coordinator = create_coordinator(lock_dir=lock_dir)
+    with coordinator.turn("tty"):
+        # ``script`` gives the command a pseudo-terminal, as an interactive shell would.
+        on_tty = subprocess.Popen(
+            ["script", "-qec", f"{TURNQ} run --local tty -- true", "/dev/null"],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        piped = subprocess.Popen(
+            [TURNQ, "run", "--local", "tty", "--", "true"], env=cli_env, stderr=subprocess.PIPE
+        )
+        wait_until(lambda: len(LocalQueue(lock_dir).entries("tty")) == 3)
+    tty_out, _ = on_tty.communicate(timeout=20)
+    _, piped_err = piped.communicate(timeout=20)
+    assert b"[turnq] waiting on 'tty'" in tty_out
+    assert piped_err == b""

@@ -308,3 +308,40 @@ def test_unreachable_everywhere_raises_server_unavailable() -> None:
     with TurnqClient(urls, "k") as c, pytest.raises(ServerUnavailableError) as err:
         c.list_channels()
     assert err.value.code is ErrorCode.BACKEND_UNAVAILABLE
+
+
+WAITER = """
+import sys
+from turnq.client import TurnqClient
+with TurnqClient(sys.argv[1], sys.argv[2]) as client:
+    try:
+        with client.turn(sys.argv[3], on_position=lambda p: print("position", p, flush=True)):
+            print("got the turn", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(42)
+"""
+
+
+def test_ctrl_c_on_a_blocking_waiter_gives_the_ticket_up(
+    server: ServerProcess, channel: str, client: TurnqClient
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    client.create_channel(channel)
+    with client.turn(channel):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WAITER, server.url, API_KEY, channel], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "position 1"
+            assert len(client.queue(channel).queue) == 1
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 42
+            assert proc.stdout.read().strip() == "interrupted"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert client.queue(channel).queue == []
