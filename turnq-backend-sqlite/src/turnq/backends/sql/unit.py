@@ -3,10 +3,10 @@
 A round trip to the database costs far more than the rule code around it, so a unit:
 
 * reads the channel row once, under the channel's lock, together with a *probe* of the tickets most operations
-  touch (the front of the line, the earliest grace and wait deadlines), and keeps the counters and the holder in
-  memory until commit;
-* keeps those fronts true as it pushes, removes and saves tickets (:class:`~.front.Front`), so a release that
-  grants the next ticket, an attach or an enqueue usually needs no further read;
+  touch (the tickets at the ranks a release grants and notifies, the earliest grace and wait deadlines), and
+  keeps the counters and the holder in memory until commit;
+* keeps what it knows true as it pushes, removes and saves tickets (:class:`~.line.Line`,
+  :class:`~.front.Front`), so a release that grants the next ticket and an attach usually need no further read;
 * holds every ticket write in :class:`PendingWrites` and lets the backend send them all with the channel row
   when the unit commits. Reads that miss the caches are written to see the unit's own pending writes: they
   exclude the tickets it removed or changed and merge in its own versions.
@@ -22,14 +22,15 @@ from collections.abc import Iterable, Sequence
 
 from turnq.core import ChannelUnit, Event, Grant, Ticket
 
-from .front import Front, by_grace, by_seq, by_wait
+from .front import Front, by_grace, by_wait
+from .line import Line
 from .rows import ChannelRow
 
-# How many tickets of each ordering the probe reads: the holder and the next in line cover a release and its
-# grant; two deadlines cover "the earliest one other than the holder's".
+# How many tickets of each deadline ordering the probe reads: two cover "the earliest one other than the
+# holder's".
 PROBE_LIMIT = 2
 
-PROBE_PREFIX, PROBE_GRACE, PROBE_WAIT = 0, 1, 2
+PROBE_LINE, PROBE_GRACE, PROBE_WAIT = 0, 1, 2
 
 
 class PendingWrites:
@@ -66,7 +67,9 @@ class PendingWrites:
 class SqlUnit(ChannelUnit):
     """The caches and rules of a database unit; subclasses implement the ``_q_*`` reads."""
 
-    def __init__(self, row: ChannelRow, probe: Iterable[tuple[int, Ticket]] = ()) -> None:
+    def __init__(self, row: ChannelRow, probe: Iterable[tuple[int, int, Ticket]] = ()) -> None:
+        """``probe`` rows are ``(kind, rank, ticket)``: PROBE_LINE with the ticket's rank, or PROBE_GRACE /
+        PROBE_WAIT in deadline order."""
         self.row = row
         self.spec = row.spec
         self._start = row.state()
@@ -78,13 +81,15 @@ class SqlUnit(ChannelUnit):
         self.pending = PendingWrites()
         self._known: dict[int, Ticket] = {}  # seq -> the one Ticket object this unit hands out for it
         self._graces: dict[int, int | None] = {}  # seq -> grace deadline as stored (or pending)
-        prefix: list[Ticket] = []
+        self._line = Line(row.ticket_count)
         graces: list[Ticket] = []
         waits: list[Ticket] = []
-        for kind, ticket in probe:
+        for kind, rank, ticket in probe:
             t = self._adopt(ticket)
-            (prefix if kind == PROBE_PREFIX else graces if kind == PROBE_GRACE else waits).append(t)
-        self._line = Front(by_seq, prefix, complete=len(prefix) >= row.ticket_count)
+            if kind == PROBE_LINE:
+                self._line.learn(rank, t)
+            else:
+                (graces if kind == PROBE_GRACE else waits).append(t)
         self._grace = Front(by_grace, graces, complete=row.graced_count == 0 or len(graces) < PROBE_LIMIT)
         no_waits = row.spec.max_wait_ms is None or row.ticket_count == 0
         self._wait = Front(by_wait, waits, complete=no_waits or len(waits) < PROBE_LIMIT)
@@ -156,33 +161,31 @@ class SqlUnit(ChannelUnit):
         return self._adopt_stored(await self._q_find_by_request(request_id))
 
     async def rank(self, ticket: Ticket) -> int:
-        i = self._line.index(ticket.seq)
-        if i is not None:
-            return i
-        if ticket.seq in self.pending.inserts:
-            # Pushed by this unit: only its own later pushes are behind it.
-            return self.row.ticket_count - 1 - sum(1 for s in self.pending.inserts if s > ticket.seq)
+        known = self._line.rank_of(ticket.seq)
+        if known is not None:
+            return known
+        if ticket.seq == self.row.seq:
+            return self.row.ticket_count - 1  # the newest ticket is still here, so it is last
         stored = await self._q_count_before(ticket.seq)
-        return stored - sum(1 for s in self.pending.deletes if s < ticket.seq)
+        rank = stored - sum(1 for s in self.pending.deletes if s < ticket.seq)
+        self._line.learn(rank, ticket)
+        return rank
 
     async def at_ranks(self, ranks: Sequence[int]) -> list[tuple[int, Ticket]]:
-        line = self._line.items
-        depth = self.row.ticket_count
-        stored = depth - len(self.pending.inserts)  # tickets in the database that this unit has not removed
         found: dict[int, Ticket] = {}
         ask: list[int] = []
         for r in ranks:
-            if r >= depth:
+            if r >= self.row.ticket_count:
                 continue
-            if r < len(line):
-                found[r] = line[r]
-            elif r >= stored:
-                found[r] = self.pending.inserts[sorted(self.pending.inserts)[r - stored]]
+            t = self._line.get(r)
+            if t is not None:
+                found[r] = t
             else:
-                ask.append(r)
+                ask.append(r)  # a stored ticket: the unit's own pushes are all in the line it knows
         if ask:
             for r, t in await self._q_at_ranks(ask, list(self.pending.deletes)):
                 found[r] = self._adopt(t)
+                self._line.learn(r, found[r])
         return [(r, found[r]) for r in sorted(found)]
 
     async def tickets(self) -> list[Ticket]:
@@ -218,7 +221,7 @@ class SqlUnit(ChannelUnit):
         self._graces[ticket.seq] = ticket.grace_deadline
         self.pending.push(ticket)
         self.row.ticket_count += 1
-        self._line.add(ticket)
+        self._line.push(ticket)
         if ticket.grace_deadline is not None:
             self.row.graced_count += 1
             self._grace.add(ticket)
@@ -231,7 +234,7 @@ class SqlUnit(ChannelUnit):
         if self._graces.pop(ticket.seq, ticket.grace_deadline) is not None:
             self.row.graced_count -= 1
         self.row.ticket_count -= 1
-        self._line.discard(ticket.seq)
+        self._line.remove(ticket.seq)
         self._grace.discard(ticket.seq)
         self._wait.discard(ticket.seq)
 

@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,10 +27,10 @@ import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from turnq.backends.sql import ListenerSet, SqlUnit, views
+from turnq.backends.sql import ListenerSet, PublishOrder, SqlUnit, views
+from turnq.backends.sql.listeners import Turn
 from turnq.backends.sql.rows import channel_from_row, spec_params, ticket_from_row
 from turnq.backends.sql.schema import migrate
-from turnq.backends.sql.unit import PROBE_LIMIT
 from turnq.core import (
     Backend,
     ChannelSpec,
@@ -46,7 +46,7 @@ from turnq.core import (
 from . import statements as q
 from .unit import SqliteUnit, write_unit
 from .url import parse_sqlite_url
-from .writer import Writer, rollback, unavailable
+from .writer import Writer, queued, rollback, unavailable
 
 log = logging.getLogger("turnq.backends.sqlite")
 
@@ -66,6 +66,8 @@ class SqliteBackend(Backend):
         self._writer_conn: AsyncConnection | None = None
         self._writer: Writer | None = None
         self._listeners = ListenerSet()
+        self._order = PublishOrder(self._listeners)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- lifecycle
@@ -140,6 +142,9 @@ class SqliteBackend(Backend):
         return result
 
     async def close(self) -> None:
+        if self._inflight:
+            await asyncio.wait(self._inflight)
+        await self._order.drain()
         conn, engine = self._writer_conn, self._engine
         self._writer = self._writer_conn = self._engine = None
         if conn is not None:
@@ -201,45 +206,52 @@ class SqliteBackend(Backend):
     @asynccontextmanager
     async def unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
         writer = self._open_writer()
+        error: BaseException | None = None
+        async with writer.lock:
+            unit = await self._begin(writer, channel)
+            try:
+                yield unit
+            except BaseException as exc:
+                error = exc
+            if error is not None:
+                ending = await queued(writer.run(rollback))
+            else:
+                turn = self._order.take_turn()
+                ending = await queued(self._commit(writer, unit, turn))
+        # The commit (or rollback) is queued on the connection's thread, ahead of anything the next unit sends,
+        # so the lock is free while it runs; the batch is published in commit order once it is done.
+        await _finish(ending, self._inflight)
+        if error is not None:
+            raise error
 
+    async def _begin(self, writer: Writer, channel: str) -> SqliteUnit:
         def begin(c: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
-            rollback(c)  # a unit cut short by cancellation may have left its transaction behind
+            rollback(c)  # defensive: a transaction must never leak from one unit into the next
             c.execute("BEGIN IMMEDIATE")
             try:
                 row = c.execute(q.SELECT_CHANNEL, (channel,)).fetchone()
                 if row is None:
                     c.execute("ROLLBACK")
                     return None
-                probe = c.execute(q.PROBE, (row[0], PROBE_LIMIT)).fetchall() if row[9] else []
+                probe = c.execute(q.PROBE, (row[0],)).fetchall() if row[9] else []
                 return row, probe
             except BaseException:
                 rollback(c)
                 raise
 
-        async with writer.lock:
-            opened = await writer.run(begin)
-            if opened is None:
-                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
-            row, probe = opened
-            unit = SqliteUnit(writer, channel_from_row(row), [(r[0], ticket_from_row(r, 1)) for r in probe])
-            try:
-                yield unit
-            except BaseException:
-                await _finish(writer.run(rollback))
-                raise
-            await _finish(writer.run(lambda c: _commit(c, unit)), lambda: self._publish(unit))
+        opened = await writer.run(begin)
+        if opened is None:
+            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+        row, probe = opened
+        return SqliteUnit(writer, channel_from_row(row), [(r[0], r[1], ticket_from_row(r, 2)) for r in probe])
 
-    def _publish(self, unit: SqlUnit) -> None:
-        if unit.events or unit.concluded:
-            self._listeners.publish(
-                EventBatch(
-                    unit.row.spec.name,
-                    tuple(unit.events),
-                    unit.next_deadline,
-                    unit.depth_after,
-                    deleted=unit.deleted,
-                )
-            )
+    async def _commit(self, writer: Writer, unit: SqlUnit, turn: Turn) -> None:
+        batch = None
+        try:
+            await writer.run(lambda c: _write_and_commit(c, unit))
+            batch = _batch(unit)
+        finally:
+            await self._order.publish_in_turn(turn, batch)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.add(listener)
@@ -273,7 +285,7 @@ def _ensure_directory(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
-def _commit(c: sqlite3.Connection, unit: SqlUnit) -> None:
+def _write_and_commit(c: sqlite3.Connection, unit: SqlUnit) -> None:
     try:
         if unit.changed:
             write_unit(c, unit)
@@ -283,19 +295,21 @@ def _commit(c: sqlite3.Connection, unit: SqlUnit) -> None:
         raise
 
 
-async def _finish(work: Coroutine[Any, Any, None], then: Callable[[], None] | None = None) -> None:
-    """Finish a commit or rollback even if the caller is cancelled meanwhile: the connection's thread does the
-    work anyway, so the unit's lock must not be released before it is done, and a committed unit's events must
-    still be published. The cancellation is honoured afterwards."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
+def _batch(unit: SqlUnit) -> EventBatch | None:
+    if not (unit.events or unit.concluded):
+        return None
+    return EventBatch(
+        unit.row.spec.name, tuple(unit.events), unit.next_deadline, unit.depth_after, deleted=unit.deleted
+    )
+
+
+async def _finish(ending: asyncio.Task[None], inflight: set[asyncio.Task[None]]) -> None:
+    """Wait for a unit's commit or rollback. If the caller is cancelled meanwhile, the work (and the
+    publishing of a committed unit's events) goes on in its own task, held in ``inflight`` until done."""
     try:
-        await asyncio.shield(task)
+        await asyncio.shield(ending)
     except asyncio.CancelledError:
-        cancelled = True
-        await asyncio.wait({task})
-    task.result()
-    if then is not None:
-        then()
-    if cancelled:
-        raise asyncio.CancelledError
+        if not ending.done():
+            inflight.add(ending)
+            ending.add_done_callback(inflight.discard)
+        raise

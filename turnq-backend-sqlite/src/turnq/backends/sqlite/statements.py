@@ -6,7 +6,9 @@ SQLite's statement cache keeps it prepared.
 
 from __future__ import annotations
 
+from turnq.backends.sql.line import PROBE_RANKS
 from turnq.backends.sql.rows import CHANNEL_COLUMNS, CHANNEL_WRITE_COLUMNS, TICKET_COLUMNS, columns
+from turnq.backends.sql.unit import PROBE_LIMIT
 
 T = columns(TICKET_COLUMNS)
 C = columns(CHANNEL_COLUMNS)
@@ -14,15 +16,25 @@ _NOT_EXCLUDED = "seq NOT IN (SELECT value FROM json_each(?2))"
 
 SELECT_CHANNEL = f"SELECT {C} FROM turnq_channels WHERE name = ?"
 
-# The front of the line, the earliest grace deadlines and the earliest wait deadlines, tagged 0/1/2.
+
+def _in(values: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+# The tickets at the probe's ranks, the earliest grace deadlines and the earliest wait deadlines, tagged 0/1/2.
+# The ranks are counted over the first few tickets only, so the probe's cost does not grow with the line.
 PROBE = f"""
-SELECT 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 ORDER BY seq LIMIT ?2)
+SELECT 0, rk, {T} FROM (
+    SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
+        SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 ORDER BY seq LIMIT {max(PROBE_RANKS) + 1}
+    )
+) WHERE rk IN ({_in(PROBE_RANKS)})
 UNION ALL
-SELECT 1, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND grace_deadline IS NOT NULL
-                  ORDER BY grace_deadline, seq LIMIT ?2)
+SELECT 1, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND grace_deadline IS NOT NULL
+                     ORDER BY grace_deadline, seq LIMIT {PROBE_LIMIT})
 UNION ALL
-SELECT 2, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND wait_deadline IS NOT NULL
-                  ORDER BY wait_deadline, seq LIMIT ?2)
+SELECT 2, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND wait_deadline IS NOT NULL
+                     ORDER BY wait_deadline, seq LIMIT {PROBE_LIMIT})
 """
 
 FIND_BY_CLIENT = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND client_id = ?"

@@ -19,7 +19,7 @@ def _seqs(seqs: list[int]) -> str:
 
 
 class SqliteUnit(SqlUnit):
-    def __init__(self, writer: Writer, row: ChannelRow, probe: list[tuple[int, Ticket]]) -> None:
+    def __init__(self, writer: Writer, row: ChannelRow, probe: list[tuple[int, int, Ticket]]) -> None:
         super().__init__(row, probe)
         self._writer = writer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -38,6 +38,19 @@ class Writer:
         except sqlite3.OperationalError as exc:
             raise unavailable(exc) from exc
         return result
+
+
+async def queued(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Start ``work`` (whose first step is a ``Writer.run``) and return once its function is queued on the
+    connection's thread.
+
+    The event loop runs a new task's first step before it resumes a coroutine that yielded after creating it,
+    and ``Writer.run`` queues its function within that step; so whatever the caller queues afterwards runs on
+    the thread after this, even once the caller has let go of the writer lock.
+    """
+    task = asyncio.ensure_future(work)
+    await asyncio.sleep(0)
+    return task
 
 
 def unavailable(exc: BaseException) -> TurnqError:
