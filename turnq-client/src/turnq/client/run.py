@@ -112,6 +112,23 @@ async def run_command(
 async def _hold(turn: AsyncTurn, command: Sequence[str], received: list[int]) -> int:
     """Run the command while holding ``turn``, then leave the turn with the command's outcome."""
     loop = asyncio.get_running_loop()
+    processes: list[asyncio.subprocess.Process] = []
+    early: list[int] = []
+
+    def forward(signum: int) -> None:
+        received.append(signum)
+        if not processes:
+            early.append(signum)  # the command is being started: deliver the signal once it exists
+            return
+        if signum == signal.SIGINT and _terminal_sent_sigint():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            processes[0].send_signal(signum)
+
+    # Installed before the command starts, with no await in between since the turn was granted, so a signal
+    # can never fall into a gap where nobody passes it on.
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, forward, sig)
     env = dict(os.environ)
     env["TURNQ_CHANNEL"] = turn.channel
     env["TURNQ_FENCING_TOKEN"] = str(turn.fencing_token)
@@ -123,16 +140,10 @@ async def _hold(turn: AsyncTurn, command: Sequence[str], received: list[int]) ->
         with contextlib.suppress(TurnqError):
             await turn.__aexit__(type(exc), exc, None)
         return status
-
-    def forward(signum: int) -> None:
-        received.append(signum)
-        if signum == signal.SIGINT and _terminal_sent_sigint():
-            return
+    processes.append(process)
+    for signum in early:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
-
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, forward, sig)
 
     finished = asyncio.ensure_future(process.wait())
     lost = asyncio.ensure_future(turn.wait_lost())
