@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from turnq.client import (
@@ -345,3 +346,49 @@ def test_ctrl_c_on_a_blocking_waiter_gives_the_ticket_up(
             if proc.poll() is None:
                 proc.kill()
         assert client.queue(channel).queue == []
+
+
+def test_server_restart_keeps_holder_and_waiter(tmp_path: Path, channel: str) -> None:
+    """A durable server stops (telling streams ``server-shutdown``) and comes back on the same port: the holder
+    keeps its turn by renewing once it is back, the waiter resubscribes and keeps its place."""
+    db = f"sqlite:///{tmp_path / 'turnq.db'}"
+    port = free_port()
+    first = ServerProcess(port, database_url=db)
+    errors: list[BaseException] = []
+    order: list[str] = []
+    try:
+        with TurnqClient(first.url, API_KEY) as client:
+            client.create_channel(channel, lease_ms=6000, grace_ms=5000)
+        holder_client = TurnqClient(first.url, API_KEY)
+        holder = holder_client.turn(channel, renew_interval=0.3)
+        holder.__enter__()
+        positions: list[int] = []
+
+        def wait() -> None:
+            try:
+                with TurnqClient(first.url, API_KEY) as c, c.turn(channel, on_position=positions.append):
+                    order.append("waiter")
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        wait_until(lambda: positions == [1])
+        first.stop()
+        second = ServerProcess(port, database_url=db)
+        try:
+            time.sleep(1.0)  # long enough for both clients to be back
+            assert not holder.lost
+            with TurnqClient(second.url, API_KEY) as client:
+                view = client.queue(channel)
+                assert view.holder is not None and view.holder.client_id == holder.client_id
+                assert len(view.queue) == 1
+            order.append("holder")
+            holder.__exit__(None, None, None)
+            waiter.join(15)
+            assert not errors and order == ["holder", "waiter"]
+        finally:
+            holder_client.close()
+            second.stop()
+    finally:
+        first.stop()

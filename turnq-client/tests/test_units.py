@@ -71,3 +71,19 @@ def test_url_lists_and_rotation() -> None:
     assert ring.failed("http://a") == "http://b"
     assert ring.failed("http://a") == "http://b"  # a stale failure does not move the ring again
     assert ring.failed("http://b") == "http://a"
+
+
+def test_entry_point_registers_the_commands() -> None:
+    import argparse
+
+    from turnq.core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    assert pm.get_plugin("client_cli") is not None
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    pm.get_plugin("client_cli").turnq_register_commands(subparsers=sub)
+    for command in ("run", "channels", "create", "queue", "watch", "release"):
+        assert command in sub.choices
+    args = parser.parse_args(["run", "deploy", "--", "echo", "--", "--flag"])
+    assert (args.channel, args.argv) == ("deploy", ["echo", "--", "--flag"])

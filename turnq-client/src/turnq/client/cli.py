@@ -88,12 +88,14 @@ def _run(args: argparse.Namespace) -> int:
     from .run import run_command
 
     command = list(args.argv)
-    if "--" in command:
-        # Options written after CHANNEL (``turnq run CHANNEL --local -- CMD``) landed in the remainder.
+    if command and command[0].startswith("-"):
+        # argparse drops a ``--`` that directly follows CHANNEL; one still here ends options written after
+        # CHANNEL (``turnq run CHANNEL --local -- CMD``), which landed in the remainder.
+        if "--" not in command:
+            return _usage_error("end the options with --: turnq run CHANNEL [OPTIONS] -- COMMAND [ARGS...]")
         cut = command.index("--")
         options, command = command[:cut], command[cut + 1 :]
-        if options:
-            args.parser.parse_args([*options, args.channel], namespace=args)
+        args.parser.parse_args([*options, args.channel], namespace=args)
     if not command:
         return _usage_error("nothing to run: turnq run CHANNEL -- COMMAND [ARGS...]")
     return asyncio.run(
