@@ -1,0 +1,410 @@
+"""The PostgreSQL backend (``postgresql://user@host/db``): durable, and shared by any number of servers.
+
+A unit of work takes a pooled connection, begins a transaction, and locks and reads the channel row with a probe
+of its tickets in one statement (``SELECT … FOR UPDATE``); reads its caches cannot answer go to the same
+connection; on commit, every pending write, the channel row and the ``NOTIFY`` of the unit's batch go in one
+statement, then ``COMMIT``: a release that grants the next ticket is four round trips. Units on one channel in
+this process also queue on an asyncio lock first, so they do not each hold a pooled connection while they wait
+for the row lock.
+
+Every process hears every committed batch: its own right after commit, the others' through ``LISTEN``
+(:mod:`.feed`). When the server goes away, operations fail fast with ``BACKEND_UNAVAILABLE`` (connect and
+statement waits are bounded), pooled connections found dead are replaced, and the listener reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from turnq.backends.sql import ListenerSet, SqlUnit, views
+from turnq.backends.sql.rows import N_CHANNEL, channel_from_row, spec_params
+from turnq.backends.sql.schema import channels, migrate, tickets
+from turnq.core import (
+    Backend,
+    ChannelSpec,
+    ChannelUnit,
+    ChannelView,
+    ErrorCode,
+    EventBatch,
+    Listener,
+    TurnqError,
+    redact_url,
+)
+
+from . import statements as q
+from .errors import is_connection_lost, is_unavailable, unavailable
+from .feed import Feed
+from .payload import Envelope, encode
+from .unit import PostgresUnit, probe_rows, write_params
+from .url import parse_postgres_url
+
+log = logging.getLogger("turnq.backends.postgres")
+
+T = TypeVar("T")
+
+# Serialises schema migrations across processes (a server starting while `turnq db upgrade` runs).
+_MIGRATION_LOCK = 0x7475726E71  # "turnq"
+
+
+class PostgresBackend(Backend):
+    """State in PostgreSQL; events through LISTEN/NOTIFY to every process."""
+
+    name = "postgresql"
+    durable = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.options = parse_postgres_url(url)
+        self.origin = uuid.uuid4().hex
+        self._engine: AsyncEngine | None = None
+        self._listeners = ListenerSet()
+        self._feed: Feed | None = None
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
+
+    # ---------------------------------------------------------------- connections
+
+    async def _connect(self) -> asyncpg.Connection:
+        o = self.options
+        settings = {
+            "application_name": "turnq",
+            "lock_timeout": str(o.lock_timeout_ms),
+            # A unit is a few milliseconds; a transaction left idle this long belongs to a stuck process and
+            # must not keep a channel locked.
+            "idle_in_transaction_session_timeout": str(max(60_000, int(o.command_timeout * 3000))),
+        }
+        if o.schema:
+            settings["search_path"] = o.schema
+        conn: asyncpg.Connection = await asyncpg.connect(
+            o.dsn, timeout=o.connect_timeout, command_timeout=o.command_timeout, server_settings=settings
+        )
+        return conn
+
+    def _make_engine(self) -> AsyncEngine:
+        o = self.options
+        engine = create_async_engine(
+            "postgresql+asyncpg://",
+            async_creator=self._connect,
+            pool_size=o.pool_size,
+            max_overflow=o.max_overflow,
+            pool_timeout=o.pool_timeout,
+        )
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+            # asyncpg marks a connection closed as soon as the server drops it (a restart), so a stale pooled
+            # connection is replaced here, without the round trip a pre-ping costs on every checkout.
+            if dbapi_conn.driver_connection.is_closed():
+                raise sa.exc.DisconnectionError("the pooled connection was closed by the server")
+
+        return engine
+
+    def _open_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the PostgreSQL backend is not open")
+        return self._engine
+
+    @asynccontextmanager
+    async def _sa_connection(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            conn = await self._open_engine().connect()
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        try:
+            yield conn
+        except Exception as exc:
+            if is_unavailable(exc):
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                raise unavailable(exc) from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        self._engine = self._make_engine()
+        try:
+            self.migrated = await self._migrate()
+            feed = Feed(self._listeners, self.origin, self.options.notify_channel, self._connect)
+            feed.on_reconnect = self._resync
+            await feed.start(self.options.connect_timeout + self.options.command_timeout)
+            self._feed = feed
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, Exception) and is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def upgrade(self) -> tuple[int, int]:
+        """Apply the schema's forward migrations (``open`` does this too); returns (version before, after)."""
+        if self._engine is not None:
+            return await self._migrate()
+        self._engine = self._make_engine()
+        try:
+            return await self._migrate()
+        finally:
+            await self.close()
+
+    async def _migrate(self) -> tuple[int, int]:
+        async with self._sa_connection() as conn, conn.begin():
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            if self.options.schema:
+                await conn.execute(sa.schema.CreateSchema(self.options.schema, if_not_exists=True))
+            result: tuple[int, int] = await conn.run_sync(
+                migrate, redact_url(self.url), time.time_ns() // 1_000_000
+            )
+        if result[0] != result[1]:
+            log.info("migrated %s from schema %d to %d", redact_url(self.url), *result)
+        return result
+
+    async def close(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.stop()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    # ---------------------------------------------------------------- channels
+
+    async def create_channel(self, spec: ChannelSpec) -> None:
+        stmt = pg.insert(channels).values(**spec_params(spec)).on_conflict_do_nothing(index_elements=["name"])
+        async with self._sa_connection() as conn, conn.begin():
+            created = (await conn.execute(stmt.returning(channels.c.id))).first()
+        if created is None:
+            raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
+
+    async def _read(self, stmt: sa.Executable) -> list[Sequence[Any]]:
+        async with self._sa_connection() as conn:
+            return list((await conn.execute(stmt)).all())
+
+    async def get_channel(self, name: str) -> ChannelView | None:
+        rows = await self._read(views.select_channel(name))
+        return views.channel_views(rows)[0] if rows else None
+
+    async def list_channels(self) -> list[ChannelView]:
+        return views.channel_views(await self._read(views.select_channels()))
+
+    # ---------------------------------------------------------------- units
+
+    def _lock_for(self, channel: str) -> asyncio.Lock:
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
+
+    @asynccontextmanager
+    async def unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
+        async with self._lock_for(channel):
+            sa_conn, conn, unit = await self._begin(channel)
+            try:
+                try:
+                    yield unit
+                except BaseException as exc:
+                    await _complete(self._rollback(sa_conn, conn))
+                    if isinstance(exc, Exception) and is_unavailable(exc):
+                        raise unavailable(exc) from exc
+                    raise
+                await _complete(self._commit(sa_conn, conn, unit))
+            finally:
+                with contextlib.suppress(Exception):
+                    await sa_conn.close()
+
+    async def _begin(self, channel: str) -> tuple[AsyncConnection, asyncpg.Connection, PostgresUnit]:
+        """Check out a connection, begin, lock and probe. A connection that turns out dead at its first statement
+        (the server restarted and asyncpg has not noticed yet) is replaced once."""
+        for attempt in (1, 2):
+            async with contextlib.AsyncExitStack() as stack:
+                sa_conn = await stack.enter_async_context(self._checked_out())
+                conn = (await sa_conn.get_raw_connection()).driver_connection
+                assert isinstance(conn, asyncpg.Connection)
+                try:
+                    await conn.execute("BEGIN")
+                except Exception as exc:
+                    if attempt == 1 and is_connection_lost(exc):
+                        await sa_conn.invalidate()
+                        continue
+                    raise
+                try:
+                    rows = await conn.fetch(q.LOCK_AND_PROBE, channel)
+                    if not rows:
+                        await conn.execute("ROLLBACK")
+                        raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+                    row = channel_from_row(rows[0])
+                    if rows[0][N_CHANNEL]:
+                        probe = probe_rows(rows, N_CHANNEL + 1)
+                    else:
+                        probe = probe_rows(await conn.fetch(q.PROBE, row.id), 0)
+                except BaseException:
+                    await self._rollback(sa_conn, conn)
+                    raise
+                stack.pop_all()  # the unit owns the connection now
+                return sa_conn, conn, PostgresUnit(conn, row, probe)
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _checked_out(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection, returned on error (the caller keeps it on success via pop_all)."""
+        try:
+            sa_conn = await self._open_engine().connect()
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        try:
+            yield sa_conn
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await sa_conn.close()
+            if isinstance(exc, Exception) and is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def _rollback(self, sa_conn: AsyncConnection, conn: asyncpg.Connection) -> None:
+        try:
+            if not conn.is_closed():
+                await conn.execute("ROLLBACK")
+                return
+        except Exception:
+            log.debug("rollback failed; the connection is discarded", exc_info=True)
+        with contextlib.suppress(Exception):
+            await sa_conn.invalidate()
+
+    async def _commit(self, sa_conn: AsyncConnection, conn: asyncpg.Connection, unit: SqlUnit) -> None:
+        batch = None
+        if unit.events or unit.concluded:
+            batch = EventBatch(
+                unit.row.spec.name,
+                tuple(unit.events),
+                unit.next_deadline,
+                unit.depth_after,
+                origin=self.origin,
+                deleted=unit.deleted,
+            )
+        changed = unit.changed
+        version: int | None = None
+        payloads: list[str] = []
+        if batch is not None and (batch.events or changed):
+            unit.row.version += 1
+            version = unit.row.version
+            payloads = encode(Envelope(self.origin, unit.row.id, version, batch))
+        channel = self.options.notify_channel
+        try:
+            if not (changed or payloads):
+                await conn.execute("ROLLBACK")  # nothing written: no commit record to flush
+            else:
+                if unit.deleted:
+                    await conn.fetchval(q.DELETE_AND_NOTIFY, unit.row.id, channel, payloads)
+                else:
+                    await conn.fetchval(q.WRITE_AND_NOTIFY, *write_params(unit, channel, payloads))
+                try:
+                    await conn.execute("COMMIT")
+                except Exception as exc:
+                    if version is not None and is_connection_lost(exc):
+                        self._require_feed().ambiguous(unit.row.id, version)
+                    raise
+        except Exception as exc:
+            await self._rollback(sa_conn, conn)
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+        if batch is not None:
+            self._require_feed().local(unit.row.id, version, batch)
+
+    def _require_feed(self) -> Feed:
+        if self._feed is None:
+            raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the PostgreSQL backend is not open")
+        return self._feed
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    # ---------------------------------------------------------------- whole-store operations
+
+    async def deadlines(self) -> dict[str, int]:
+        return views.deadlines_from_rows(await self._read(views.select_deadlines()))
+
+    async def restart_grace(self, now: int, min_window_ms: int) -> None:
+        """Every ticket detached with a fresh grace, in one transaction; every process hears each channel's new
+        nearest deadline. Channel rows are locked (updated) before tickets, in the order units lock them."""
+        c, t = channels, tickets
+        bump = (
+            sa.update(c)
+            .values(graced_count=c.c.ticket_count, version=c.c.version + 1)
+            .returning(c.c.id, c.c.name, c.c.version, c.c.ticket_count)
+        )
+        detach = (
+            sa.update(t)
+            .values(attachment=None, grace_deadline=now + sa.func.greatest(c.c.grace_ms, min_window_ms))
+            .where(c.c.id == t.c.channel_id)
+        )
+        async with self._sa_connection() as conn, conn.begin():
+            bumped = (await conn.execute(bump)).all()
+            await conn.execute(detach)
+            deadlines = views.deadlines_from_rows((await conn.execute(views.select_deadlines())).all())
+            envelopes = [
+                Envelope(
+                    self.origin, cid, version, EventBatch(name, (), deadlines.get(name), depth, self.origin)
+                )
+                for cid, name, version, depth in bumped
+            ]
+            payloads = [p for env in envelopes for p in encode(env)]
+            if payloads:
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(pg_notify(:channel, p)) FROM unnest(CAST(:payloads AS text[])) AS p"
+                    ),
+                    {"channel": self.options.notify_channel, "payloads": payloads},
+                )
+        feed = self._require_feed()
+        for env in envelopes:
+            feed.local(env.channel_id, env.version, env.batch)
+
+    async def _resync(self) -> None:
+        """After the listener reconnects, batches sent while it was away are lost: tell this process's
+        listeners every channel's current depth and nearest deadline, so reapers re-arm their timers."""
+        try:
+            async with self._sa_connection() as conn:
+                rows = (await conn.execute(views.select_deadlines())).all()
+                depths = dict(
+                    (await conn.execute(sa.select(channels.c.name, channels.c.ticket_count))).tuples().all()
+                )
+        except TurnqError:
+            return
+        for name, when in views.deadlines_from_rows(rows).items():
+            self._listeners.publish(EventBatch(name, (), when, int(depths.get(name, 0))))
+
+
+async def _complete(work: Coroutine[Any, Any, T]) -> T:
+    """Finish a commit or rollback even if the caller is cancelled meanwhile: the connection must not go back to
+    the pool mid-statement, and a committed unit's events must still be published. The cancellation is honoured
+    afterwards."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
