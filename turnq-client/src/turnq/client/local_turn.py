@@ -22,6 +22,11 @@ from .turn import AsyncTurn, PositionCallback, Turn, TurnState
 log = logging.getLogger("turnq.client")
 
 
+def _give_up_arrival(arriving: asyncio.Future[LocalTicket]) -> None:
+    if not arriving.cancelled() and arriving.exception() is None:
+        arriving.result().give_up()
+
+
 class _LocalBase:
     _state: TurnState
     _ticket: LocalTicket | None
@@ -116,7 +121,13 @@ class LocalAsyncTurn(_LocalBase, AsyncTurn):
     async def __aenter__(self) -> LocalAsyncTurn:
         started = time.monotonic()
         # Taking a ticket holds the channel's queue lock for an instant; it may still block, so not on the loop.
-        ticket = await asyncio.to_thread(self._queue.arrive, self.channel)
+        arriving = asyncio.ensure_future(asyncio.to_thread(self._queue.arrive, self.channel))
+        try:
+            ticket = await asyncio.shield(arriving)
+        except asyncio.CancelledError:
+            # The thread finishes taking the ticket regardless; give it up as soon as it exists.
+            arriving.add_done_callback(_give_up_arrival)
+            raise
         self._arrived(ticket)
         loop = asyncio.get_running_loop()
         granted: asyncio.Future[None] = loop.create_future()

@@ -343,12 +343,9 @@ class RemoteAsyncTurn(AsyncTurn):
                 if isinstance(exc, TurnLostError):
                     return
                 raise TurnLostError(self.channel, self._state.lost_reason or "lost")
-            client_id, request_id = self._ids
             failure = None if exc is None else describe_failure(exc)
             try:
-                await self._client.release(
-                    self.channel, client_id, request_id, success=failure is None, error=failure
-                )
+                await self._release(failure)
             except TurnqError as release_exc:
                 if isinstance(exc, TurnLostError):
                     return
@@ -358,6 +355,28 @@ class RemoteAsyncTurn(AsyncTurn):
                 log.warning("[turnq] could not release the turn on %r: %s", self.channel, release_exc.message)
         finally:
             await self._stop(self._watcher)
+
+    async def _release(self, failure: str | None) -> None:
+        """Release, retrying when the answer is lost on the way (a server restart, a dropped connection).
+
+        A retry after an attempt that may have been applied can hear that the ticket is no longer held; that
+        means the earlier attempt went through, so it counts as released.
+        """
+        client_id, request_id = self._ids
+        for attempt in range(4):
+            try:
+                await self._client.release(
+                    self.channel, client_id, request_id, success=failure is None, error=failure
+                )
+                return
+            except ServerUnavailableError:
+                if attempt == 3:
+                    raise
+            except TurnqError as exc:
+                if attempt > 0 and exc.code in LOST_CODES and not self._state.lost_event.is_set():
+                    return
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
 
     @staticmethod
     async def _stop(task: asyncio.Task[None] | None) -> None:
