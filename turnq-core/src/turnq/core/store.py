@@ -117,6 +117,12 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def upgrade(self) -> tuple[int, int]:
+        """Bring the store's schema up to this code's version, as ``open`` does, and return the versions before
+        and after; works on a backend that is not open (``turnq db upgrade``). A store that is newer than the
+        code must refuse with a clear message. Stores without a schema return ``(0, 0)``."""
+        return (0, 0)
+
     @abstractmethod
     async def create_channel(self, spec: ChannelSpec) -> None:
         """Create a channel; raise ``TurnqError(CHANNEL_EXISTS)`` if the name is taken."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from turnq.backends.sql.line import PROBE_RANKS
 from turnq.backends.sql.rows import CHANNEL_COLUMNS, CHANNEL_WRITE_COLUMNS, TICKET_COLUMNS, columns
-from turnq.backends.sql.unit import PROBE_LIMIT
+from turnq.backends.sql.unit import PROBE_LIMIT, PROBE_TAIL
 
 T = columns(TICKET_COLUMNS)
 C = columns(CHANNEL_COLUMNS)
@@ -12,7 +12,8 @@ _RANKS = ", ".join(str(r) for r in PROBE_RANKS)
 
 
 def _probe(channel_id: str) -> str:
-    """The tickets at the probe's ranks, then the earliest grace and wait deadlines, tagged 0/1/2."""
+    """The tickets at the probe's ranks, the earliest grace and wait deadlines, and the newest tickets (ranked
+    from the back), tagged 0/1/2/3."""
     return f"""
     SELECT 0 AS kind, rk, {T} FROM (
         SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
@@ -26,6 +27,10 @@ def _probe(channel_id: str) -> str:
     UNION ALL
     (SELECT 2, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND wait_deadline IS NOT NULL
      ORDER BY wait_deadline, seq LIMIT {PROBE_LIMIT})
+    UNION ALL
+    SELECT 3, row_number() OVER (ORDER BY seq DESC) - 1, {T} FROM (
+        SELECT {T} FROM turnq_tickets WHERE channel_id = {channel_id} ORDER BY seq DESC LIMIT {PROBE_TAIL}
+    ) b
     """
 
 

@@ -30,7 +30,10 @@ from .rows import ChannelRow
 # holder's".
 PROBE_LIMIT = 2
 
-PROBE_LINE, PROBE_GRACE, PROBE_WAIT = 0, 1, 2
+# The newest tickets the probe reads: a client attaches right after it enqueues, usually still among these.
+PROBE_TAIL = 4
+
+PROBE_LINE, PROBE_GRACE, PROBE_WAIT, PROBE_LINE_FROM_END = 0, 1, 2, 3
 
 
 class PendingWrites:
@@ -68,8 +71,8 @@ class SqlUnit(ChannelUnit):
     """The caches and rules of a database unit; subclasses implement the ``_q_*`` reads."""
 
     def __init__(self, row: ChannelRow, probe: Iterable[tuple[int, int, Ticket]] = ()) -> None:
-        """``probe`` rows are ``(kind, rank, ticket)``: PROBE_LINE with the ticket's rank, or PROBE_GRACE /
-        PROBE_WAIT in deadline order."""
+        """``probe`` rows are ``(kind, rank, ticket)``: PROBE_LINE with the ticket's rank, PROBE_LINE_FROM_END
+        with its rank counted from the back, or PROBE_GRACE / PROBE_WAIT in deadline order."""
         self.row = row
         self.spec = row.spec
         self._start = row.state()
@@ -88,6 +91,8 @@ class SqlUnit(ChannelUnit):
             t = self._adopt(ticket)
             if kind == PROBE_LINE:
                 self._line.learn(rank, t)
+            elif kind == PROBE_LINE_FROM_END:
+                self._line.learn(row.ticket_count - 1 - rank, t)
             else:
                 (graces if kind == PROBE_GRACE else waits).append(t)
         self._grace = Front(by_grace, graces, complete=row.graced_count == 0 or len(graces) < PROBE_LIMIT)

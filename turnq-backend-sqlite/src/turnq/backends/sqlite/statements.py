@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from turnq.backends.sql.line import PROBE_RANKS
 from turnq.backends.sql.rows import CHANNEL_COLUMNS, CHANNEL_WRITE_COLUMNS, TICKET_COLUMNS, columns
-from turnq.backends.sql.unit import PROBE_LIMIT
+from turnq.backends.sql.unit import PROBE_LIMIT, PROBE_TAIL
 
 T = columns(TICKET_COLUMNS)
 C = columns(CHANNEL_COLUMNS)
@@ -21,8 +21,9 @@ def _in(values: tuple[int, ...]) -> str:
     return ", ".join(str(v) for v in values)
 
 
-# The tickets at the probe's ranks, the earliest grace deadlines and the earliest wait deadlines, tagged 0/1/2.
-# The ranks are counted over the first few tickets only, so the probe's cost does not grow with the line.
+# The tickets at the probe's ranks, the earliest grace and wait deadlines, and the newest tickets (ranked from
+# the back), tagged 0/1/2/3. Ranks are counted over a few tickets at either end only, so the probe's cost does
+# not grow with the line.
 PROBE = f"""
 SELECT 0, rk, {T} FROM (
     SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
@@ -35,6 +36,10 @@ SELECT 1, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND gra
 UNION ALL
 SELECT 2, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND wait_deadline IS NOT NULL
                      ORDER BY wait_deadline, seq LIMIT {PROBE_LIMIT})
+UNION ALL
+SELECT 3, row_number() OVER (ORDER BY seq DESC) - 1, * FROM (
+    SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 ORDER BY seq DESC LIMIT {PROBE_TAIL}
+)
 """
 
 FIND_BY_CLIENT = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND client_id = ?"
