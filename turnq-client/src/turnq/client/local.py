@@ -43,10 +43,11 @@ linked therefore belonged to a process that died; whoever finds it removes it, w
 ticket never becomes alive again and numbers are never reused. Files are opened close-on-exec, so a command
 started inside a turn does not inherit (and keep alive) its parent's ticket.
 
-Blocking in ``flock`` cannot be cancelled, so the walk runs on a daemon helper thread: a bounded or interrupted
-wait gives the ticket up at once (unlink and close our own file, which lets our successor walk past us) and
-leaves the helper to finish quietly when its predecessor lets go. The async API awaits the helper's result
-without blocking the event loop.
+A blocking wait with no bound walks in the caller's thread (Ctrl-C interrupts ``flock`` in the main thread and
+gives the ticket up). ``flock`` cannot be cancelled otherwise, so a bounded wait, and every async wait, walks on a
+daemon helper thread: a timeout or cancellation gives the ticket up at once (unlink and close our own file, which
+lets our successor walk past us) and leaves the helper to finish quietly when its predecessor lets go. The async
+API awaits the helper's result without blocking the event loop.
 """
 
 from __future__ import annotations
@@ -278,6 +279,15 @@ class LocalTicket:
 
         An interrupt (Ctrl-C) gives the ticket up and propagates.
         """
+        if timeout is None:
+            # Unbounded: block right here, saving a helper thread and a wake-up per turn. A signal still
+            # interrupts flock in the main thread, and the interrupt gives the ticket up below.
+            try:
+                walked = self._walk(block=True)
+            except BaseException:
+                self._give_up()
+                raise
+            return walked and self._grant()
         done = threading.Event()
         errors: list[BaseException] = []
 

@@ -277,36 +277,20 @@ class TurnService:
     async def expire(self, channel: str) -> int | None:
         """Apply every deadline that has passed (lease, grace, max wait); idempotent, safe from any process.
 
-        Returns the channel's next deadline, or None if it has none (or no longer exists).
+        Deadlines are applied instant by instant, in the order they fell due, so a reaper that wakes late
+        decides as one waking at each deadline would have: a waiter that reached the front (the lease ran out)
+        before its own maximum wait did is granted, not dropped, and a holder that went away before its lease
+        ran out is ended as disconnected. Returns the channel's next deadline, or None if it has none (or no
+        longer exists).
         """
         now = self.clock()
         try:
             async with self.backend.unit(channel) as u:
                 min_rank: int | None = None
-                grant = u.holder
-                if grant is not None and grant.lease_deadline <= now:
-                    await self._end_turn(
-                        u, grant, now, success=False, error="LEASE_EXPIRED", reason="lease_expired"
-                    )
-                    min_rank = 0
-                while (ticket := await u.earliest_grace()) is not None and ticket.grace_deadline is not None:
-                    if ticket.grace_deadline > now:
-                        break
-                    rank = await self._drop(u, ticket, "disconnected", now)
-                    min_rank = rank if min_rank is None else min(min_rank, rank)
-                while True:
-                    holder = u.holder
-                    exclude = holder.request_id if holder is not None else None
-                    due = await u.earliest_wait_deadline(exclude)
-                    if due is None or due > now:
-                        break
-                    waiters = await u.at_ranks([1] if holder is not None else [0])
-                    if not waiters:
-                        break
-                    rank, ticket = waiters[0]
-                    if ticket.wait_deadline is None or ticket.wait_deadline > now:
-                        break  # only the front waiter can be the earliest: FIFO with one maxWaitMs
-                    await self._drop(u, ticket, "max_wait_exceeded", now)
+                while (due := await self._nearest_deadline(u)) is not None and due <= now:
+                    rank = await self._expire_at(u, due, now)
+                    if rank is None:
+                        break  # nothing was due after all (a clock that went backwards): never spin
                     min_rank = rank if min_rank is None else min(min_rank, rank)
                 if min_rank is None:
                     return await self._conclude(u)
@@ -315,6 +299,39 @@ class TurnService:
             if exc.code is ErrorCode.CHANNEL_NOT_FOUND:
                 return None
             raise
+
+    async def _expire_at(self, u: ChannelUnit, at: int, now: int) -> int | None:
+        """Apply the deadlines due at instant ``at``: the lease, then absent tickets, then waiters past their
+        maximum wait; then grant the front (with a lease from ``now``). Returns the smallest rank removed, or
+        None if nothing was due."""
+        min_rank: int | None = None
+        grant = u.holder
+        if grant is not None and grant.lease_deadline <= at:
+            await self._end_turn(u, grant, at, success=False, error="LEASE_EXPIRED", reason="lease_expired")
+            min_rank = 0
+        while (ticket := await u.earliest_grace()) is not None and ticket.grace_deadline is not None:
+            if ticket.grace_deadline > at:
+                break
+            rank = await self._drop(u, ticket, "disconnected", at)
+            min_rank = rank if min_rank is None else min(min_rank, rank)
+        while True:
+            holder = u.holder
+            exclude = holder.request_id if holder is not None else None
+            due = await u.earliest_wait_deadline(exclude)
+            if due is None or due > at:
+                break
+            waiters = await u.at_ranks([1] if holder is not None else [0])
+            if not waiters:
+                break
+            rank, ticket = waiters[0]
+            if ticket.wait_deadline is None or ticket.wait_deadline > at:
+                break  # only the front waiter can be the earliest: FIFO with one maxWaitMs
+            await self._drop(u, ticket, "max_wait_exceeded", at)
+            min_rank = rank if min_rank is None else min(min_rank, rank)
+        if u.holder is None and await u.depth():
+            front = await u.at_ranks([0])
+            self._grant(u, front[0][1], now)
+        return min_rank
 
     # ----------------------------------------------------------------- rules
 
@@ -470,6 +487,12 @@ class TurnService:
 
     async def _conclude(self, u: ChannelUnit, depth: int | None = None) -> int | None:
         """Record the channel's nearest deadline after this unit, for every process's reaper."""
+        deadline = await self._nearest_deadline(u)
+        u.conclude(deadline, await u.depth() if depth is None else depth)
+        return deadline
+
+    async def _nearest_deadline(self, u: ChannelUnit) -> int | None:
+        """The earliest of the holder's lease, the waiters' maximum waits and every ticket's grace."""
         holder = u.holder
         candidates = []
         if holder is not None:
@@ -480,6 +503,4 @@ class TurnService:
         grace = await u.earliest_grace()
         if grace is not None and grace.grace_deadline is not None:
             candidates.append(grace.grace_deadline)
-        deadline = min(candidates) if candidates else None
-        u.conclude(deadline, await u.depth() if depth is None else depth)
-        return deadline
+        return min(candidates) if candidates else None
