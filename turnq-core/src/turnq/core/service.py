@@ -10,7 +10,7 @@ that announce the change, and records the channel's nearest deadline. Invariants
   first and reported after.
 
 Position updates are coalesced: after a removal at rank ``r`` every ticket behind moves up one, but only the
-tickets whose new position is a power of two are told (``position-updated``). A turn therefore costs
+tickets whose new position is 1 or a power of four are told (``position-updated``). A turn therefore costs
 O(log depth) events instead of one per waiter, and a waiter is never told a wrong position, only at worst a
 stale (larger) one, as the protocol allows.
 """
@@ -36,13 +36,17 @@ def wall_ms() -> int:
 
 
 def notify_ranks(start: int, depth: int) -> list[int]:
-    """The ranks in ``[max(start, 1), depth)`` that are powers of two: who hears a new position."""
+    """The ranks in ``[max(start, 1), depth)`` that are 1 or a power of four: who hears a new position.
+
+    Powers of four rather than two: a waiter still hears its place shrink geometrically (…, 64, 16, 4, 1) and
+    always hears that it is next, while a handoff writes half as many frames.
+    """
     ranks = []
     r = 1
     while r < depth:
         if r >= start:
             ranks.append(r)
-        r <<= 1
+        r <<= 2
     return ranks
 
 
