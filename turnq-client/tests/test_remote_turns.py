@@ -266,7 +266,7 @@ def test_dropped_stream_is_resumed_keeping_the_place(
         proxy.drop()  # B's stream is cut; B must resubscribe through the proxy within the grace
         time.sleep(1.0)
         assert len(client.queue(channel).queue) == 2, "B lost its place"
-        wait_until(lambda: len(proxy._conns) > 0)  # B is connected again
+        wait_until(lambda: proxy.connections > 0)  # B is connected again
     b.join(15)
     c.join(15)
     assert not errors

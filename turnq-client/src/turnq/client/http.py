@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse, connect_sse
+from httpx_sse import EventSource, SSEError, aconnect_sse, connect_sse
 
 from . import protocol
 from .endpoints import Endpoints, key_from_env
@@ -205,36 +205,48 @@ class AsyncTurnqClient(_ClientConfig):
 
     @contextlib.asynccontextmanager
     async def _stream(self, path: str, params: dict[str, str] | None) -> AsyncIterator[AsyncIterator[Event]]:
+        async with contextlib.AsyncExitStack() as stack:
+            url, source = await self._connect(stack, path, params)
+
+            async def events() -> AsyncIterator[Event]:
+                try:
+                    async for sse in source.aiter_sse():
+                        yield protocol.decode_event(sse.event, sse.data)
+                except (httpx.TransportError, SSEError) as exc:
+                    raise _unavailable([url], exc) from exc
+
+            # Outside the connection attempts on purpose: nothing the caller's block raises is mistaken for a
+            # failure to connect.
+            yield events()
+
+    async def _connect(
+        self, stack: contextlib.AsyncExitStack, path: str, params: dict[str, str] | None
+    ) -> tuple[str, EventSource]:
+        """Open an event stream on the first server that takes the connection."""
         last: BaseException | None = None
         for _ in range(len(self.endpoints)):
             url = self.endpoints.current
             try:
-                async with aconnect_sse(
-                    self._http,
-                    "GET",
-                    url + path,
-                    params=params,
-                    headers=self._headers(),
-                    timeout=self._stream_timeout,
-                ) as source:
-                    response = source.response
-                    if response.status_code != 200:
-                        raise protocol.error_from_response(response.status_code, await response.aread())
-
-                    async def events(url: str = url) -> AsyncIterator[Event]:
-                        try:
-                            async for sse in source.aiter_sse():
-                                yield protocol.decode_event(sse.event, sse.data)
-                        except (httpx.TransportError, SSEError) as exc:
-                            raise _unavailable([url], exc) from exc
-
-                    yield events()
-                    return
+                source = await stack.enter_async_context(
+                    aconnect_sse(
+                        self._http,
+                        "GET",
+                        url + path,
+                        params=params,
+                        headers=self._headers(),
+                        timeout=self._stream_timeout,
+                    )
+                )
             except _NOT_SENT as exc:
                 last = exc
                 self.endpoints.failed(url)
+                continue
             except httpx.TransportError as exc:
                 raise _unavailable([url], exc) from exc
+            response = source.response
+            if response.status_code != 200:
+                raise protocol.error_from_response(response.status_code, await response.aread())
+            return url, source
         assert last is not None
         raise _unavailable(self.endpoints.urls, last) from last
 
@@ -422,36 +434,46 @@ class TurnqClient(_ClientConfig):
 
     @contextlib.contextmanager
     def _stream(self, path: str, params: dict[str, str] | None) -> Iterator[Iterator[Event]]:
+        with contextlib.ExitStack() as stack:
+            url, source = self._connect(stack, path, params)
+
+            def events() -> Iterator[Event]:
+                try:
+                    for sse in source.iter_sse():
+                        yield protocol.decode_event(sse.event, sse.data)
+                except (httpx.TransportError, SSEError) as exc:
+                    raise _unavailable([url], exc) from exc
+
+            yield events()
+
+    def _connect(
+        self, stack: contextlib.ExitStack, path: str, params: dict[str, str] | None
+    ) -> tuple[str, EventSource]:
+        """Open an event stream on the first server that takes the connection."""
         last: BaseException | None = None
         for _ in range(len(self.endpoints)):
             url = self.endpoints.current
             try:
-                with connect_sse(
-                    self._http,
-                    "GET",
-                    url + path,
-                    params=params,
-                    headers=self._headers(),
-                    timeout=self._stream_timeout,
-                ) as source:
-                    response = source.response
-                    if response.status_code != 200:
-                        raise protocol.error_from_response(response.status_code, response.read())
-
-                    def events(url: str = url) -> Iterator[Event]:
-                        try:
-                            for sse in source.iter_sse():
-                                yield protocol.decode_event(sse.event, sse.data)
-                        except (httpx.TransportError, SSEError) as exc:
-                            raise _unavailable([url], exc) from exc
-
-                    yield events()
-                    return
+                source = stack.enter_context(
+                    connect_sse(
+                        self._http,
+                        "GET",
+                        url + path,
+                        params=params,
+                        headers=self._headers(),
+                        timeout=self._stream_timeout,
+                    )
+                )
             except _NOT_SENT as exc:
                 last = exc
                 self.endpoints.failed(url)
+                continue
             except httpx.TransportError as exc:
                 raise _unavailable([url], exc) from exc
+            response = source.response
+            if response.status_code != 200:
+                raise protocol.error_from_response(response.status_code, response.read())
+            return url, source
         assert last is not None
         raise _unavailable(self.endpoints.urls, last) from last
 

@@ -156,6 +156,12 @@ class TcpProxy:  # A small relay: one thread per connection is plenty for tests.
                 self._conns.discard(a)
                 self._conns.discard(b)
 
+    @property
+    def connections(self) -> int:
+        """Open relayed sockets (two per connection)."""
+        with self._lock:
+            return len(self._conns)
+
     def drop(self) -> None:
         """Cut every open connection (both directions), as a network failure or a crashed proxy would."""
         with self._lock:
