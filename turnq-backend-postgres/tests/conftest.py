@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -33,7 +33,10 @@ def postgres_dsn() -> Iterator[str]:
     if shutil.which("docker") is None:
         pytest.skip("no PostgreSQL: set TURNQ_TEST_POSTGRES_DSN, or install Docker for testcontainers")
     try:
-        from testcontainers.postgres import PostgresContainer
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
 
         container = PostgresContainer("postgres:16-alpine", driver=None)
         container.start()
@@ -60,3 +63,21 @@ async def schema(postgres_dsn: str) -> AsyncIterator[str]:
 def pg_url(postgres_dsn: str, schema: str) -> str:
     """A turnq URL for a fresh schema of its own."""
     return with_params(postgres_dsn, schema=schema)
+
+
+@pytest.fixture
+async def pg_urls(postgres_dsn: str) -> AsyncIterator[Callable[[], str]]:
+    """Makes a turnq URL with a fresh schema on every call (for tests that need many); all are dropped after."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"t_{uuid.uuid4().hex[:16]}")
+        return with_params(postgres_dsn, schema=made[-1])
+
+    yield make
+    conn = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        for name in made:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
