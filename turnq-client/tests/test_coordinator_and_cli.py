@@ -131,7 +131,13 @@ def test_watch_shows_turns_live(server_env: dict[str, str], channel: str, server
             lines: list[str] = []
             reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")))  # type: ignore[union-attr]
             reader.start()
-            wait_until(lambda: len(client.queue(channel).queue) == 0 and _observers(server, channel))
+
+            def watching() -> bool:
+                probe = client.enqueue(channel, "probe")
+                client.abort(channel, "probe", probe.request_id)
+                return any("probe" in line for line in lines)
+
+            wait_until(watching, timeout=15, interval=0.2)
             with client.turn(channel, client_id="watched") as turn, turn.step("compile"):
                 pass
             client.delete_channel(channel)  # ends the observer stream, and so the command
@@ -144,16 +150,6 @@ def test_watch_shows_turns_live(server_env: dict[str, str], channel: str, server
     text = "".join(lines)
     for expected in ("turn-started", "step-started", "step-ended", "turn-completed", "watched"):
         assert expected in text
-
-
-def _observers(server: ServerProcess, channel: str) -> bool:
-    import httpx
-
-    metrics = httpx.get(server.url + "/metrics", headers={"x-api-key": API_KEY}).text
-    return any(
-        line.startswith("turnq_active_connections") and 'type="observe' in line and not line.endswith(" 0.0")
-        for line in metrics.splitlines()
-    )
 
 
 WORKER = """
