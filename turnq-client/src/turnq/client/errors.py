@@ -34,9 +34,9 @@ class TurnLostError(TurnqError):
 class WaitTimeoutError(TurnqError, TimeoutError):
     """Waiting for a turn took longer than allowed; the ticket was given up before this was raised.
 
-    Also a :class:`TimeoutError`, so code that bounds waits generically catches it. The protocol has no code
-    for a wait the client bounded itself; it carries ``REQUEST_NOT_FOUND`` because the ticket no longer exists.
-    A server-side ``maxWaitMs`` eviction is reported the same way.
+    Also a :class:`TimeoutError`, so code that bounds waits generically catches it. Its code is
+    ``WAIT_TIMEOUT``, a client-side code the server never sends; a server-side ``maxWaitMs`` eviction is
+    reported the same way.
     """
 
     def __init__(self, channel: str, waited_s: float | None, message: str | None = None) -> None:
@@ -45,7 +45,7 @@ class WaitTimeoutError(TurnqError, TimeoutError):
             if waited_s is not None
             else f"the wait on channel {channel!r} ran out; the ticket was given up"
         )
-        super().__init__(ErrorCode.REQUEST_NOT_FOUND, text)
+        super().__init__(ErrorCode.WAIT_TIMEOUT, text)
         self.channel = channel
         self.waited_s = waited_s
 

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     MAX_DEPTH_EXCEEDED = "MAX_DEPTH_EXCEEDED"
     BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
     ROUTE_NOT_FOUND = "ROUTE_NOT_FOUND"
+    # Raised by clients, never sent by the server: a wait the client bounded itself (or a maxWaitMs eviction).
+    WAIT_TIMEOUT = "WAIT_TIMEOUT"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -40,6 +42,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NO_HOLDER: 404,
     ErrorCode.ROUTE_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.WAIT_TIMEOUT: 408,
     ErrorCode.CHANNEL_EXISTS: 409,
     ErrorCode.CHANNEL_NOT_EMPTY: 409,
     ErrorCode.ALREADY_QUEUED: 409,

@@ -8,12 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from aiohttp import web
 from turnq.core import TurnqError, UnknownBackendError, hookimpl, redact_url
-
-from .app import create_app
-from .config import ConfigError, build_config
-from .logs import AccessLogger, configure_logging
 
 log = logging.getLogger("turnq.server")
 
@@ -55,6 +50,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Imported here, not at module level: every `turnq` command loads this plugin, and only `serve` needs aiohttp.
+    from aiohttp import web
+
+    from .app import create_app
+    from .config import ConfigError, build_config
+    from .logs import AccessLogger, configure_logging
+
     try:
         config = build_config(
             config_file=args.config_file,
