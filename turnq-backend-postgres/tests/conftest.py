@@ -81,3 +81,20 @@ async def pg_urls(postgres_dsn: str) -> AsyncIterator[Callable[[], str]]:
             await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     finally:
         await conn.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "pg_restart: restarts the local PostgreSQL server (runs with -m pg_restart or TURNQ_TEST_PG_RESTART=1)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chosen = "pg_restart" in (config.getoption("markexpr") or "") or os.environ.get("TURNQ_TEST_PG_RESTART")
+    if chosen:
+        return
+    skip = pytest.mark.skip(reason="restarts the local PostgreSQL server: select with -m pg_restart")
+    for item in items:
+        if "pg_restart" in item.keywords:
+            item.add_marker(skip)

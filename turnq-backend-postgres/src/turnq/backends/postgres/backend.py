@@ -389,13 +389,12 @@ class PostgresBackend(Backend):
         try:
             async with self._sa_connection() as conn:
                 rows = (await conn.execute(views.select_deadlines())).all()
-                depths = dict(
-                    (await conn.execute(sa.select(channels.c.name, channels.c.ticket_count))).tuples().all()
-                )
+                counts = (await conn.execute(sa.select(channels.c.name, channels.c.ticket_count))).all()
+                depths = {str(r[0]): int(r[1]) for r in counts}
         except TurnqError:
             return
         for name, when in views.deadlines_from_rows(rows).items():
-            self._listeners.publish(EventBatch(name, (), when, int(depths.get(name, 0))))
+            self._listeners.publish(EventBatch(name, (), when, depths.get(name, 0)))
 
 
 async def _complete(work: Coroutine[Any, Any, T]) -> T:

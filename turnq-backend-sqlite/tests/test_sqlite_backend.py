@@ -1,0 +1,237 @@
+"""SQLite-specific behaviour: the URL, the entry point, pragmas, migrations, other processes, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from turnq.backends.sql import SCHEMA_VERSION, SchemaVersionError
+from turnq.backends.sqlite import SqliteBackend, parse_sqlite_url
+from turnq.backends.sqlite import statements as q
+from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService, open_backend
+
+
+def test_entry_point_loads_and_open_backend_returns_it(tmp_path: Path) -> None:
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group="turnq")}
+    assert eps["sqlite"].load().turnq_backend_schemes() == {"sqlite": SqliteBackend}
+    backend = open_backend(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(backend, SqliteBackend) and backend.durable
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "sync"),
+    [
+        ("sqlite:///turnq.db", "turnq.db", "normal"),
+        ("sqlite:////var/lib/turnq/turnq.db", "/var/lib/turnq/turnq.db", "normal"),
+        ("sqlite:///data/my%20q.db?synchronous=FULL", "data/my q.db", "full"),
+        ("sqlite+aiosqlite:////tmp/t.db?synchronous=extra&busy_timeout=250", "/tmp/t.db", "extra"),
+    ],
+)
+def test_url(url: str, path: str, sync: str) -> None:
+    parsed = parse_sqlite_url(url)
+    assert (parsed.path, parsed.synchronous) == (path, sync)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite://", "names no database file"),
+        ("sqlite://host/x.db", "host part"),
+        ("sqlite:///x.db?synchronous=off", "synchronous"),
+        ("sqlite:///x.db?busy_timeout=soon", "busy_timeout"),
+        ("sqlite:///x.db?journal=wal", "unknown parameter"),
+    ],
+)
+def test_bad_url(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_sqlite_url(url)
+
+
+@pytest.mark.parametrize(("query", "level"), [("", 1), ("?synchronous=full", 2)])
+async def test_wal_and_synchronous_level(tmp_path: Path, query: str, level: int) -> None:
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/sub/dir/t.db{query}")
+    await backend.open()  # creates the missing directories
+    try:
+        writer = backend._open_writer()
+        assert await writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == level
+        assert await writer.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+    finally:
+        await backend.close()
+
+
+async def test_migrations_record_the_version_and_run_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert await SqliteBackend(url).upgrade() == (0, SCHEMA_VERSION)
+    assert await SqliteBackend(url).upgrade() == (SCHEMA_VERSION, SCHEMA_VERSION)
+    backend = SqliteBackend(url)
+    await backend.open()
+    assert backend.migrated == (SCHEMA_VERSION, SCHEMA_VERSION)
+    await backend.close()
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        assert db.execute("SELECT version, description FROM turnq_schema_version").fetchall() == [
+            (1, "channels and tickets")
+        ]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    await SqliteBackend(url).upgrade()
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        db.execute("INSERT INTO turnq_schema_version VALUES (99, 'from the future', 0)")
+    backend = SqliteBackend(url)
+    with pytest.raises(SchemaVersionError, match="schema version 99, newer than this turnq supports") as exc:
+        await backend.open()
+    assert exc.value.code is ErrorCode.BACKEND_UNAVAILABLE
+    assert backend._writer is None  # nothing left open
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    cmd = [sys.executable, "-m", "turnq.core.cli", "db", "upgrade", "--database-url", url]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    assert "upgraded from version 0 to 1" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    assert "schema version 1, nothing to upgrade" in again.stdout
+
+
+async def test_hot_statements_use_indexes(tmp_path: Path) -> None:
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/t.db")
+    await backend.open()
+    try:
+        statements = {
+            "PROBE": (1,),
+            "FIND_BY_CLIENT": (1, "c"),
+            "FIND_BY_REQUEST": (1, "r"),
+            "COUNT_BEFORE": (1, 5),
+            "AT_RANKS": (1, "[]", 3, "[1, 2]"),
+            "FIRST_GRACES": (1, "[]", 2),
+            "FIRST_WAITS": (1, "[]", 2),
+        }
+        plans = {}
+        for name, params in statements.items():
+            sql = "EXPLAIN QUERY PLAN " + getattr(q, name)
+            plans[name] = await backend._open_writer().run(
+                lambda c, sql=sql, params=params: [r[3] for r in c.execute(sql, params)]
+            )
+        for name, plan in plans.items():
+            scans = [
+                step for step in plan if "turnq_tickets" in step and "SCAN" in step and "INDEX" not in step
+            ]
+            assert not scans, (name, plan)
+    finally:
+        await backend.close()
+
+
+async def test_another_process_holding_the_write_lock_gives_backend_unavailable(tmp_path: Path) -> None:
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/t.db?busy_timeout=200")
+    await backend.open()
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(10)
+        db.execute("ROLLBACK")
+        db.close()
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        started = time.monotonic()
+        with pytest.raises(TurnqError) as exc:
+            await service.enqueue("ch", "c1")
+        assert exc.value.code is ErrorCode.BACKEND_UNAVAILABLE
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join, 10)
+    assert (await service.enqueue("ch", "c1"))[1] == 0
+    await backend.close()
+
+
+async def test_a_cancelled_unit_leaves_nothing_behind(tmp_path: Path) -> None:
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/t.db")
+    await backend.open()
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        async with backend.unit("ch") as u:
+            await u.push(Ticket("ghost", "r", u.next_seq(), 0))
+            started.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(stuck())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _rid, position = await service.enqueue("ch", "c1")
+    assert position == 0
+    assert [t.client_id for t in (await service.queue_view("ch")).waiters] == []
+    assert (await service.get_channel("ch")).depth == 1
+    await backend.close()
+
+
+CRASHER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from turnq.core import ChannelSpec, TurnService
+    from turnq.backends.sqlite import SqliteBackend
+
+    async def main():
+        backend = SqliteBackend(sys.argv[1])
+        await backend.open()
+        service = TurnService(backend)
+        await service.create_channel(ChannelSpec("ch", lease_ms=600_000))
+        for i in range(5):
+            await service.enqueue("ch", f"c{i}")
+        view = await service.get_channel("ch")
+        await service.release("ch", "c0", view.holder.request_id)
+        print("committed", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHER, url, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.strip() == b"committed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 30)
+    backend = SqliteBackend(url)
+    await backend.open()
+    try:
+        service = TurnService(backend)
+        view = await service.get_channel("ch")
+        assert view.depth == 4 and view.holder is not None
+        assert (view.holder.client_id, view.holder.fencing_token) == ("c1", 2)
+        line_view = await service.queue_view("ch")
+        assert [t.client_id for t in line_view.waiters] == ["c2", "c3", "c4"]
+    finally:
+        await backend.close()
