@@ -110,7 +110,10 @@ async def test_hot_statements_use_indexes(tmp_path: Path) -> None:
     await backend.open()
     try:
         statements = {
-            "PROBE": (1,),
+            "FRONT": (1,),
+            "TAIL": (1,),
+            "GRACES": (1,),
+            "WAITS": (1,),
             "FIND_BY_CLIENT": (1, "c"),
             "FIND_BY_REQUEST": (1, "r"),
             "COUNT_BEFORE": (1, 5),

@@ -107,7 +107,7 @@ class TurnService:
     async def enqueue(self, channel: str, client_id: str) -> tuple[str, int]:
         """Add a ticket at the back; returns ``(request_id, position)``. The front ticket is granted at once."""
         now = self.clock()
-        async with self.backend.unit(channel) as u:
+        async with self.backend.unit_for_ticket(channel, client_id=client_id) as u:
             spec = u.spec
             existing = await u.find_by_client(client_id)
             if existing is not None:
@@ -152,7 +152,7 @@ class TurnService:
         Emits the stream's first event (``queued`` or ``your-turn``) through the feed, so it is ordered with
         every later event for the ticket.
         """
-        async with self.backend.unit(channel) as u:
+        async with self.backend.unit_for_ticket(channel, request_id=request_id) as u:
             ticket = await self._own_ticket(u, client_id, request_id)
             ticket.attachment = attachment
             ticket.grace_deadline = None
@@ -177,7 +177,7 @@ class TurnService:
         ``graceMs`` 0, the ticket is dropped now). A replaced stream's closing changes nothing."""
         now = self.clock()
         try:
-            async with self.backend.unit(channel) as u:
+            async with self.backend.unit_for_ticket(channel, request_id=request_id) as u:
                 ticket = await u.find_by_request(request_id)
                 if ticket is None or ticket.attachment != attachment:
                     return
@@ -210,7 +210,7 @@ class TurnService:
     async def abort(self, channel: str, client_id: str, request_id: str | None = None) -> None:
         """Leave the line: a waiter's ticket is removed; a holder's turn ends as ``ABORTED``."""
         now = self.clock()
-        async with self.backend.unit(channel) as u:
+        async with self.backend.unit_for_ticket(channel, client_id=client_id) as u:
             ticket = await u.find_by_client(client_id)
             if ticket is None or (request_id is not None and ticket.request_id != request_id):
                 raise TurnqError(

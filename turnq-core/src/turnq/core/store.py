@@ -137,6 +137,16 @@ class Backend(ABC):
     def unit(self, channel: str) -> AbstractAsyncContextManager[ChannelUnit]:
         """Open a unit of work on a channel; raise ``TurnqError(CHANNEL_NOT_FOUND)`` if there is none."""
 
+    def unit_for_ticket(
+        self, channel: str, *, client_id: str | None = None, request_id: str | None = None
+    ) -> AbstractAsyncContextManager[ChannelUnit]:
+        """Like :meth:`unit`, naming the ticket the caller will look up first (by client or by request id).
+
+        A backend whose every read is a round trip can fetch that ticket, or learn there is none, together with
+        the channel; the default simply opens :meth:`unit`.
+        """
+        return self.unit(channel)
+
     @abstractmethod
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch, in commit order per channel."""

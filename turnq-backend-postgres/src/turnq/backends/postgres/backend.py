@@ -2,10 +2,10 @@
 
 A unit of work takes a pooled connection, begins a transaction, and locks and reads the channel row with a probe
 of its tickets in one statement (``SELECT … FOR UPDATE``); reads its caches cannot answer go to the same
-connection; on commit, every pending write, the channel row and the ``NOTIFY`` of the unit's batch go in one
-statement, then ``COMMIT``: a release that grants the next ticket is four round trips. Units on one channel in
-this process also queue on an asyncio lock first, so they do not each hold a pooled connection while they wait
-for the row lock.
+connection; on commit, every pending write, the channel row, the ``NOTIFY`` of the unit's batch and ``COMMIT``
+go as one script. A release that grants the next ticket is three round trips, two of them while holding the row
+lock. Units on one channel in this process queue on asyncio locks first (:class:`_Gate`), so they do not each
+hold a pooled connection while they wait for the row lock.
 
 Every process hears every committed batch: its own right after commit, the others' through ``LISTEN``
 (:mod:`.feed`). When the server goes away, operations fail fast with ``BACKEND_UNAVAILABLE`` (connect and
@@ -21,7 +21,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -48,12 +48,13 @@ from . import statements as q
 from .errors import is_connection_lost, is_unavailable, unavailable
 from .feed import Feed
 from .payload import Envelope, encode
-from .unit import PostgresUnit, probe_rows, write_params
+from .unit import PostgresUnit, probe_rows
 from .url import parse_postgres_url
 
 log = logging.getLogger("turnq.backends.postgres")
 
 T = TypeVar("T")
+Held = tuple[AsyncConnection, asyncpg.Connection]
 
 # Serialises schema migrations across processes (a server starting while `turnq db upgrade` runs).
 _MIGRATION_LOCK = 0x7475726E71  # "turnq"
@@ -72,7 +73,8 @@ class PostgresBackend(Backend):
         self._engine: AsyncEngine | None = None
         self._listeners = ListenerSet()
         self._feed: Feed | None = None
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._gates: weakref.WeakValueDictionary[str, _Gate] = weakref.WeakValueDictionary()
+        self._idle: list[Held] = []  # warm connections, checked out of the engine's pool
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- connections
@@ -81,6 +83,7 @@ class PostgresBackend(Backend):
         o = self.options
         settings = {
             "application_name": "turnq",
+            "standard_conforming_strings": "on",  # the quoting rule of the commit script (see .literals)
             "lock_timeout": str(o.lock_timeout_ms),
             # A unit is a few milliseconds; a transaction left idle this long belongs to a stuck process and
             # must not keep a channel locked.
@@ -181,6 +184,9 @@ class PostgresBackend(Backend):
         feed, self._feed = self._feed, None
         if feed is not None:
             await feed.stop()
+        idle, self._idle = self._idle, []
+        for held in idle:
+            await self._discard(held)
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -207,80 +213,123 @@ class PostgresBackend(Backend):
 
     # ---------------------------------------------------------------- units
 
-    def _lock_for(self, channel: str) -> asyncio.Lock:
-        lock = self._locks.get(channel)
-        if lock is None:
-            lock = self._locks[channel] = asyncio.Lock()
-        return lock
+    def _gate_for(self, channel: str) -> _Gate:
+        gate = self._gates.get(channel)
+        if gate is None:
+            gate = self._gates[channel] = _Gate()
+        return gate
+
+    def unit(self, channel: str) -> AbstractAsyncContextManager[ChannelUnit]:
+        return self._unit(channel, None, None)
+
+    def unit_for_ticket(
+        self, channel: str, *, client_id: str | None = None, request_id: str | None = None
+    ) -> AbstractAsyncContextManager[ChannelUnit]:
+        return self._unit(channel, client_id, request_id)
 
     @asynccontextmanager
-    async def unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
-        async with self._lock_for(channel):
-            sa_conn, conn, unit = await self._begin(channel)
+    async def _unit(
+        self, channel: str, client_id: str | None, request_id: str | None
+    ) -> AsyncIterator[ChannelUnit]:
+        gate = self._gate_for(channel)
+        async with gate.ready:
+            held = await self._begin()
             try:
+                await gate.working.acquire()
+            except BaseException:
+                await self._release(held, rollback=True)
+                raise
+        conn = held[1]
+        try:
+            try:
+                unit = await self._lock_and_probe(conn, channel, client_id, request_id)
                 try:
                     yield unit
                 except BaseException as exc:
-                    await _complete(self._rollback(sa_conn, conn))
+                    await _complete(self._rollback(held))
                     if isinstance(exc, Exception) and is_unavailable(exc):
                         raise unavailable(exc) from exc
                     raise
-                await _complete(self._commit(sa_conn, conn, unit))
-            finally:
-                with contextlib.suppress(Exception):
-                    await sa_conn.close()
+                await _complete(self._commit(held, unit))
+            except BaseException:
+                await self._release(held, rollback=not conn.is_closed() and conn.is_in_transaction())
+                raise
+            await self._release(held, rollback=False)
+        finally:
+            gate.working.release()
 
-    async def _begin(self, channel: str) -> tuple[AsyncConnection, asyncpg.Connection, PostgresUnit]:
-        """Check out a connection, begin, lock and probe. A connection that turns out dead at its first statement
-        (the server restarted and asyncpg has not noticed yet) is replaced once."""
+    async def _begin(self) -> Held:
+        """A connection with a transaction begun. One that turns out dead at its first statement (the server
+        restarted and asyncpg has not noticed yet) is replaced once."""
         for attempt in (1, 2):
-            async with contextlib.AsyncExitStack() as stack:
-                sa_conn = await stack.enter_async_context(self._checked_out())
-                conn = (await sa_conn.get_raw_connection()).driver_connection
-                assert isinstance(conn, asyncpg.Connection)
-                try:
-                    await conn.execute("BEGIN")
-                except Exception as exc:
-                    if attempt == 1 and is_connection_lost(exc):
-                        await sa_conn.invalidate()
-                        continue
-                    raise
-                try:
-                    rows = await conn.fetch(q.LOCK_AND_PROBE, channel)
-                    if not rows:
-                        await conn.execute("ROLLBACK")
-                        raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
-                    row = channel_from_row(rows[0])
-                    if rows[0][N_CHANNEL]:
-                        probe = probe_rows(rows, N_CHANNEL + 1)
-                    else:
-                        probe = probe_rows(await conn.fetch(q.PROBE, row.id), 0)
-                except BaseException:
-                    await self._rollback(sa_conn, conn)
-                    raise
-                stack.pop_all()  # the unit owns the connection now
-                return sa_conn, conn, PostgresUnit(conn, row, probe)
+            held = await self._acquire()
+            try:
+                await held[1].execute("BEGIN")
+            except Exception as exc:
+                await self._discard(held)
+                if attempt == 1 and is_connection_lost(exc):
+                    continue
+                if is_unavailable(exc):
+                    raise unavailable(exc) from exc
+                raise
+            return held
         raise AssertionError("unreachable")
 
-    @asynccontextmanager
-    async def _checked_out(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection, returned on error (the caller keeps it on success via pop_all)."""
+    async def _acquire(self) -> Held:
+        """A warm connection from this backend's stack, or a new one from the engine's pool (which bounds how
+        many there are, and how long to wait for one). Keeping them checked out saves the pool's bookkeeping on
+        every unit."""
+        while self._idle:
+            held = self._idle.pop()
+            if not held[1].is_closed():
+                return held
+            await self._discard(held)  # the server dropped it (a restart)
         try:
             sa_conn = await self._open_engine().connect()
+            conn = (await sa_conn.get_raw_connection()).driver_connection
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
             raise
+        assert isinstance(conn, asyncpg.Connection)
+        return sa_conn, conn
+
+    async def _release(self, held: Held, *, rollback: bool) -> None:
+        if rollback:
+            await self._rollback(held)
+        sa_conn, conn = held
+        if self._engine is None or sa_conn.invalidated or conn.is_closed() or conn.is_in_transaction():
+            await self._discard(held)
+        else:
+            self._idle.append(held)
+
+    async def _discard(self, held: Held) -> None:
+        sa_conn, conn = held
+        with contextlib.suppress(Exception):
+            if conn.is_closed() or conn.is_in_transaction():
+                await sa_conn.invalidate()
+            await sa_conn.close()
+
+    async def _lock_and_probe(
+        self, conn: asyncpg.Connection, channel: str, client_id: str | None, request_id: str | None
+    ) -> PostgresUnit:
         try:
-            yield sa_conn
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await sa_conn.close()
-            if isinstance(exc, Exception) and is_unavailable(exc):
+            rows = await conn.fetch(q.LOCK_AND_PROBE, channel, client_id, request_id)
+            if not rows:
+                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+            row = channel_from_row(rows[0])
+            if rows[0][N_CHANNEL]:
+                probe = probe_rows(rows, N_CHANNEL + 1)
+            else:
+                probe = probe_rows(await conn.fetch(q.PROBE, row.id, client_id, request_id), 0)
+        except Exception as exc:
+            if is_unavailable(exc):
                 raise unavailable(exc) from exc
             raise
+        return PostgresUnit(conn, row, probe, client_id, request_id)
 
-    async def _rollback(self, sa_conn: AsyncConnection, conn: asyncpg.Connection) -> None:
+    async def _rollback(self, held: Held) -> None:
+        sa_conn, conn = held
         try:
             if not conn.is_closed():
                 await conn.execute("ROLLBACK")
@@ -290,7 +339,8 @@ class PostgresBackend(Backend):
         with contextlib.suppress(Exception):
             await sa_conn.invalidate()
 
-    async def _commit(self, sa_conn: AsyncConnection, conn: asyncpg.Connection, unit: SqlUnit) -> None:
+    async def _commit(self, held: Held, unit: SqlUnit) -> None:
+        conn = held[1]
         batch = None
         if unit.events or unit.concluded:
             batch = EventBatch(
@@ -308,23 +358,18 @@ class PostgresBackend(Backend):
             unit.row.version += 1
             version = unit.row.version
             payloads = encode(Envelope(self.origin, unit.row.id, version, batch))
-        channel = self.options.notify_channel
         try:
             if not (changed or payloads):
                 await conn.execute("ROLLBACK")  # nothing written: no commit record to flush
             else:
-                if unit.deleted:
-                    await conn.fetchval(q.DELETE_AND_NOTIFY, unit.row.id, channel, payloads)
-                else:
-                    await conn.fetchval(q.WRITE_AND_NOTIFY, *write_params(unit, channel, payloads))
                 try:
-                    await conn.execute("COMMIT")
+                    await conn.execute(q.commit_script(unit, self.options.notify_channel, payloads))
                 except Exception as exc:
                     if version is not None and is_connection_lost(exc):
                         self._require_feed().ambiguous(unit.row.id, version)
                     raise
         except Exception as exc:
-            await self._rollback(sa_conn, conn)
+            await self._rollback(held)
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
             raise
@@ -395,6 +440,18 @@ class PostgresBackend(Backend):
             return
         for name, when in views.deadlines_from_rows(rows).items():
             self._listeners.publish(EventBatch(name, (), when, depths.get(name, 0)))
+
+
+class _Gate:
+    """How this process's units queue for one channel. ``working`` is held by the unit that holds the channel's
+    row lock; ``ready`` admits the next unit to check out a connection and begin its transaction meanwhile, so
+    that round trip is off the channel's critical path, while the units behind it wait without a connection."""
+
+    __slots__ = ("__weakref__", "ready", "working")
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Lock()
+        self.working = asyncio.Lock()
 
 
 async def _complete(work: Coroutine[Any, Any, T]) -> T:

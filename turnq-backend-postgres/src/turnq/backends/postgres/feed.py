@@ -21,7 +21,7 @@ from turnq.backends.sql import ListenerSet
 from turnq.core import EventBatch
 
 from .errors import is_unavailable
-from .payload import Assembler, Envelope
+from .payload import Assembler, Envelope, origin_of
 
 log = logging.getLogger("turnq.backends.postgres")
 
@@ -116,6 +116,8 @@ class Feed:
             delay = min(delay * 2, RETRY_MAX_S)
 
     def _on_notify(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
+        if origin_of(payload) == self.origin and not self._ambiguous:
+            return  # delivered when it committed
         try:
             env = self._assembler.feed(pid, payload)
         except (ValueError, KeyError, TypeError):

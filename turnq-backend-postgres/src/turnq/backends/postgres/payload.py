@@ -1,8 +1,10 @@
 """Event batches as NOTIFY payloads: compact JSON, split into numbered parts when one would not fit.
 
-PostgreSQL refuses a payload of 8000 bytes or more. JSON is written ASCII-only, so characters and bytes agree
-and a part can be cut anywhere; a whole batch starts with ``{`` and a part with ``k/n:``. A transaction's
-notifications reach a listener together and in order, so parts are joined per sending backend process.
+Every payload starts with the sending backend's origin and a space, so a process skips its own notifications
+without parsing them. PostgreSQL refuses a payload of 8000 bytes or more. JSON is written ASCII-only, so
+characters and bytes agree and a part can be cut anywhere; after the origin, a whole batch starts with ``{`` and
+a part with ``k/n:``. A transaction's notifications reach a listener together and in order, so parts are joined
+per sending backend process.
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ def encode(env: Envelope) -> list[str]:
         separators=(",", ":"),
         ensure_ascii=True,
     )
-    if len(body) <= MAX_PAYLOAD:
-        return [body]
-    parts = [body[i : i + _PART] for i in range(0, len(body), _PART)]
-    return [f"{k}/{len(parts)}:{part}" for k, part in enumerate(parts, start=1)]
+    head = env.origin + " "
+    if len(head) + len(body) <= MAX_PAYLOAD:
+        return [head + body]
+    size = _PART - len(head)
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return [f"{head}{k}/{len(parts)}:{part}" for k, part in enumerate(parts, start=1)]
+
+
+def origin_of(payload: str) -> str:
+    return payload.partition(" ")[0]
 
 
 def decode(body: str) -> Envelope:
@@ -64,6 +72,7 @@ class Assembler:
 
     def feed(self, pid: int, payload: str) -> Envelope | None:
         """The batch this payload completes, if any."""
+        payload = payload.partition(" ")[2]
         if payload.startswith("{"):
             self._parts.pop(pid, None)
             return decode(payload)

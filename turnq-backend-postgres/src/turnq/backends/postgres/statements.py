@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from turnq.backends.sql.line import PROBE_RANKS
-from turnq.backends.sql.rows import CHANNEL_COLUMNS, CHANNEL_WRITE_COLUMNS, TICKET_COLUMNS, columns
-from turnq.backends.sql.unit import PROBE_LIMIT, PROBE_TAIL
+from turnq.backends.sql.rows import (
+    CHANNEL_COLUMNS,
+    CHANNEL_WRITE_COLUMNS,
+    TICKET_COLUMNS,
+    columns,
+    ticket_params,
+)
+from turnq.backends.sql.unit import PROBE_LIMIT, PROBE_TAIL, SqlUnit
+
+from .literals import literal, row
 
 T = columns(TICKET_COLUMNS)
 C = columns(CHANNEL_COLUMNS)
@@ -12,8 +20,8 @@ _RANKS = ", ".join(str(r) for r in PROBE_RANKS)
 
 
 def _probe(channel_id: str) -> str:
-    """The tickets at the probe's ranks, the earliest grace and wait deadlines, and the newest tickets (ranked
-    from the back), tagged 0/1/2/3."""
+    """The tickets at the probe's ranks, the earliest grace and wait deadlines, the newest tickets (ranked from
+    the back), and the ticket of the client $2 or request $3 the caller named, tagged 0/1/2/3/4."""
     return f"""
     SELECT 0 AS kind, rk, {T} FROM (
         SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
@@ -31,6 +39,10 @@ def _probe(channel_id: str) -> str:
     SELECT 3, row_number() OVER (ORDER BY seq DESC) - 1, {T} FROM (
         SELECT {T} FROM turnq_tickets WHERE channel_id = {channel_id} ORDER BY seq DESC LIMIT {PROBE_TAIL}
     ) b
+    UNION ALL
+    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND client_id = $2::text
+    UNION ALL
+    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND request_id = $3::text
     """
 
 
@@ -70,25 +82,34 @@ WHERE channel_id = $1 AND wait_deadline IS NOT NULL AND NOT (seq = ANY($2::bigin
 ORDER BY wait_deadline, seq LIMIT $3
 """
 
-_SET = ", ".join(f"{c} = ${i}" for i, c in enumerate(CHANNEL_WRITE_COLUMNS, start=13))
-_N = 13 + len(CHANNEL_WRITE_COLUMNS)
 
-# Everything a unit changed, and its NOTIFY payloads, in one statement: data-modifying CTEs run once each, on
-# the same snapshot (the unit never deletes and inserts the same ticket, so they never meet).
-WRITE_AND_NOTIFY = f"""
-WITH d AS (DELETE FROM turnq_tickets WHERE channel_id = $1 AND seq = ANY($2::bigint[])),
-i AS (INSERT INTO turnq_tickets (channel_id, {T})
-      SELECT $1, * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
-                               $9::text[])),
-s AS (UPDATE turnq_tickets t SET grace_deadline = u.g, attachment = u.a
-      FROM unnest($10::bigint[], $11::bigint[], $12::text[]) AS u(seq, g, a)
-      WHERE t.channel_id = $1 AND t.seq = u.seq),
-c AS (UPDATE turnq_channels SET {_SET} WHERE id = $1)
-SELECT count(pg_notify(${_N}, p)) FROM unnest(${_N + 1}::text[]) AS p
-"""
+def commit_script(unit: SqlUnit, notify_channel: str, payloads: list[str]) -> str:
+    """Every pending write, the channel row, the NOTIFYs and COMMIT, as one script (see :mod:`.literals`).
 
-DELETE_AND_NOTIFY = """
-WITH d AS (DELETE FROM turnq_tickets WHERE channel_id = $1),
-c AS (DELETE FROM turnq_channels WHERE id = $1)
-SELECT count(pg_notify($2, p)) FROM unnest($3::text[]) AS p
-"""
+    Removals go first, so a client's new ticket never meets its old one in the unique index.
+    """
+    cid = literal(unit.row.id)
+    out: list[str] = []
+    if unit.deleted:
+        out.append(f"DELETE FROM turnq_tickets WHERE channel_id = {cid}")
+        out.append(f"DELETE FROM turnq_channels WHERE id = {cid}")
+    else:
+        p = unit.pending
+        if p.deletes:
+            seqs = ", ".join(literal(s) for s in p.deletes)
+            out.append(f"DELETE FROM turnq_tickets WHERE channel_id = {cid} AND seq IN ({seqs})")
+        if p.inserts:
+            values = ", ".join(row((unit.row.id, *ticket_params(t))) for t in p.inserts.values())
+            out.append(f"INSERT INTO turnq_tickets (channel_id, {T}) VALUES {values}")
+        for t in p.saves.values():
+            out.append(
+                f"UPDATE turnq_tickets SET grace_deadline = {literal(t.grace_deadline)}, "
+                f"attachment = {literal(t.attachment)} WHERE channel_id = {cid} AND seq = {literal(t.seq)}"
+            )
+        fields = unit.row.write_params()[:-1]
+        sets = ", ".join(f"{c} = {literal(v)}" for c, v in zip(CHANNEL_WRITE_COLUMNS, fields, strict=True))
+        out.append(f"UPDATE turnq_channels SET {sets} WHERE id = {cid}")
+    channel = literal(notify_channel)
+    out.extend(f"SELECT pg_notify({channel}, {literal(payload)})" for payload in payloads)
+    out.append("COMMIT")
+    return ";\n".join(out)

@@ -11,14 +11,18 @@ from turnq.backends.sql.unit import SqlUnit
 from turnq.core import Ticket
 
 from . import statements as q
-from .payload import Envelope, encode
 
 
 class PostgresUnit(SqlUnit):
     def __init__(
-        self, conn: asyncpg.Connection, row: ChannelRow, probe: list[tuple[int, int, Ticket]]
+        self,
+        conn: asyncpg.Connection,
+        row: ChannelRow,
+        probe: list[tuple[int, int, Ticket]],
+        client_id: str | None,
+        request_id: str | None,
     ) -> None:
-        super().__init__(row, probe)
+        super().__init__(row, probe, client_id, request_id)
         self._conn = conn
 
     async def _q_find_by_client(self, client_id: str) -> Ticket | None:
@@ -53,31 +57,3 @@ class PostgresUnit(SqlUnit):
 def probe_rows(records: Sequence[Any], at: int) -> list[tuple[int, int, Ticket]]:
     """Probe rows from ``(kind, rank, ticket…)`` columns starting at ``at``; a LEFT JOIN's empty row is skipped."""
     return [(r[at], r[at + 1], ticket_from_row(r, at + 2)) for r in records if r[at] is not None]
-
-
-def write_params(unit: SqlUnit, notify_channel: str, payloads: list[str]) -> tuple[Any, ...]:
-    """Parameters of WRITE_AND_NOTIFY for everything the unit changed."""
-    p = unit.pending
-    ins = list(p.inserts.values())
-    saves = list(p.saves.values())
-    return (
-        unit.row.id,
-        list(p.deletes),
-        [t.seq for t in ins],
-        [t.client_id for t in ins],
-        [t.request_id for t in ins],
-        [t.enqueued_at for t in ins],
-        [t.wait_deadline for t in ins],
-        [t.grace_deadline for t in ins],
-        [t.attachment for t in ins],
-        [t.seq for t in saves],
-        [t.grace_deadline for t in saves],
-        [t.attachment for t in saves],
-        *unit.row.write_params()[:-1],  # the id is $1
-        notify_channel,
-        payloads,
-    )
-
-
-def envelope_payloads(origin: str, unit: SqlUnit, batch_events: Any) -> list[str]:
-    return encode(Envelope(origin, unit.row.id, unit.row.version, batch_events))

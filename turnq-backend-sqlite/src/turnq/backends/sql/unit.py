@@ -33,7 +33,7 @@ PROBE_LIMIT = 2
 # The newest tickets the probe reads: a client attaches right after it enqueues, usually still among these.
 PROBE_TAIL = 4
 
-PROBE_LINE, PROBE_GRACE, PROBE_WAIT, PROBE_LINE_FROM_END = 0, 1, 2, 3
+PROBE_LINE, PROBE_GRACE, PROBE_WAIT, PROBE_LINE_FROM_END, PROBE_FOUND = 0, 1, 2, 3, 4
 
 
 class PendingWrites:
@@ -70,9 +70,17 @@ class PendingWrites:
 class SqlUnit(ChannelUnit):
     """The caches and rules of a database unit; subclasses implement the ``_q_*`` reads."""
 
-    def __init__(self, row: ChannelRow, probe: Iterable[tuple[int, int, Ticket]] = ()) -> None:
+    def __init__(
+        self,
+        row: ChannelRow,
+        probe: Iterable[tuple[int, int, Ticket]] = (),
+        client_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         """``probe`` rows are ``(kind, rank, ticket)``: PROBE_LINE with the ticket's rank, PROBE_LINE_FROM_END
-        with its rank counted from the back, or PROBE_GRACE / PROBE_WAIT in deadline order."""
+        with its rank counted from the back, PROBE_GRACE / PROBE_WAIT in deadline order, or PROBE_FOUND: the
+        ticket of ``client_id`` or ``request_id``, which the probe looked up (so if it is missing, there is
+        none)."""
         self.row = row
         self.spec = row.spec
         self._start = row.state()
@@ -98,6 +106,9 @@ class SqlUnit(ChannelUnit):
         self._grace = Front(by_grace, graces, complete=row.graced_count == 0 or len(graces) < PROBE_LIMIT)
         no_waits = row.spec.max_wait_ms is None or row.ticket_count == 0
         self._wait = Front(by_wait, waits, complete=no_waits or len(waits) < PROBE_LIMIT)
+        known = self._known.values()
+        self._absent_client = None if any(t.client_id == client_id for t in known) else client_id
+        self._absent_request = None if any(t.request_id == request_id for t in known) else request_id
 
     # ---------------------------------------------------------------- what the backend reads after the body
 
@@ -153,7 +164,7 @@ class SqlUnit(ChannelUnit):
         for t in self._known.values():
             if t.client_id == client_id:
                 return t
-        if self._line.complete:
+        if self._line.complete or client_id == self._absent_client:
             return None
         return self._adopt_stored(await self._q_find_by_client(client_id))
 
@@ -161,7 +172,7 @@ class SqlUnit(ChannelUnit):
         for t in self._known.values():
             if t.request_id == request_id:
                 return t
-        if self._line.complete:
+        if self._line.complete or request_id == self._absent_request:
             return None
         return self._adopt_stored(await self._q_find_by_request(request_id))
 

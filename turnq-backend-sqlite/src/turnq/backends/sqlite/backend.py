@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiosqlite
@@ -28,9 +28,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from turnq.backends.sql import ListenerSet, PublishOrder, SqlUnit, views
+from turnq.backends.sql.line import PROBE_RANKS
 from turnq.backends.sql.listeners import Turn
-from turnq.backends.sql.rows import channel_from_row, spec_params, ticket_from_row
+from turnq.backends.sql.rows import ChannelRow, channel_from_row, spec_params, ticket_from_row
 from turnq.backends.sql.schema import migrate
+from turnq.backends.sql.unit import PROBE_FOUND, PROBE_GRACE, PROBE_LINE, PROBE_LINE_FROM_END, PROBE_WAIT
 from turnq.core import (
     Backend,
     ChannelSpec,
@@ -203,12 +205,22 @@ class SqliteBackend(Backend):
 
     # ---------------------------------------------------------------- units
 
+    def unit(self, channel: str) -> AbstractAsyncContextManager[ChannelUnit]:
+        return self._unit(channel, None, None)
+
+    def unit_for_ticket(
+        self, channel: str, *, client_id: str | None = None, request_id: str | None = None
+    ) -> AbstractAsyncContextManager[ChannelUnit]:
+        return self._unit(channel, client_id, request_id)
+
     @asynccontextmanager
-    async def unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
+    async def _unit(
+        self, channel: str, client_id: str | None, request_id: str | None
+    ) -> AsyncIterator[ChannelUnit]:
         writer = self._open_writer()
         error: BaseException | None = None
         async with writer.lock:
-            unit = await self._begin(writer, channel)
+            unit = await self._begin(writer, channel, client_id, request_id)
             try:
                 yield unit
             except BaseException as exc:
@@ -224,8 +236,10 @@ class SqliteBackend(Backend):
         if error is not None:
             raise error
 
-    async def _begin(self, writer: Writer, channel: str) -> SqliteUnit:
-        def begin(c: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+    async def _begin(
+        self, writer: Writer, channel: str, client_id: str | None, request_id: str | None
+    ) -> SqliteUnit:
+        def begin(c: sqlite3.Connection) -> tuple[Any, list[tuple[int, int, Any]]] | None:
             rollback(c)  # defensive: a transaction must never leak from one unit into the next
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -233,8 +247,7 @@ class SqliteBackend(Backend):
                 if row is None:
                     c.execute("ROLLBACK")
                     return None
-                probe = c.execute(q.PROBE, (row[0],)).fetchall() if row[9] else []
-                return row, probe
+                return row, _probe(c, channel_from_row(row), client_id, request_id)
             except BaseException:
                 rollback(c)
                 raise
@@ -243,7 +256,8 @@ class SqliteBackend(Backend):
         if opened is None:
             raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
         row, probe = opened
-        return SqliteUnit(writer, channel_from_row(row), [(r[0], r[1], ticket_from_row(r, 2)) for r in probe])
+        probed = [(kind, rank, ticket_from_row(r)) for kind, rank, r in probe]
+        return SqliteUnit(writer, channel_from_row(row), probed, client_id, request_id)
 
     async def _commit(self, writer: Writer, unit: SqlUnit, turn: Turn) -> None:
         batch = None
@@ -279,6 +293,30 @@ class SqliteBackend(Backend):
 
         async with writer.lock:
             await writer.run(restart)
+
+
+def _probe(
+    c: sqlite3.Connection, row: ChannelRow, client_id: str | None, request_id: str | None
+) -> list[tuple[int, int, Any]]:
+    """The probe's rows as ``(kind, rank, raw ticket row)`` (see SqlUnit), skipping what the channel row
+    already answers: no tickets, nobody in grace, no maximum wait, a line short enough to read whole."""
+    if row.ticket_count == 0:
+        return []
+    cid = row.id
+    front = c.execute(q.FRONT, (cid,)).fetchall()
+    whole = len(front) >= row.ticket_count
+    out = [(PROBE_LINE, r, t) for r, t in enumerate(front) if whole or r in PROBE_RANKS]
+    if not whole:
+        out += [(PROBE_LINE_FROM_END, r, t) for r, t in enumerate(c.execute(q.TAIL, (cid,)))]
+        if client_id is not None:
+            out += [(PROBE_FOUND, 0, t) for t in c.execute(q.FIND_BY_CLIENT, (cid, client_id))]
+        if request_id is not None:
+            out += [(PROBE_FOUND, 0, t) for t in c.execute(q.FIND_BY_REQUEST, (cid, request_id))]
+    if row.graced_count:
+        out += [(PROBE_GRACE, 0, t) for t in c.execute(q.GRACES, (cid,))]
+    if row.spec.max_wait_ms is not None:
+        out += [(PROBE_WAIT, 0, t) for t in c.execute(q.WAITS, (cid,))]
+    return out
 
 
 def _ensure_directory(path: str) -> None:

@@ -17,30 +17,19 @@ _NOT_EXCLUDED = "seq NOT IN (SELECT value FROM json_each(?2))"
 SELECT_CHANNEL = f"SELECT {C} FROM turnq_channels WHERE name = ?"
 
 
-def _in(values: tuple[int, ...]) -> str:
-    return ", ".join(str(v) for v in values)
-
-
-# The tickets at the probe's ranks, the earliest grace and wait deadlines, and the newest tickets (ranked from
-# the back), tagged 0/1/2/3. Ranks are counted over a few tickets at either end only, so the probe's cost does
-# not grow with the line.
-PROBE = f"""
-SELECT 0, rk, {T} FROM (
-    SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
-        SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 ORDER BY seq LIMIT {max(PROBE_RANKS) + 1}
-    )
-) WHERE rk IN ({_in(PROBE_RANKS)})
-UNION ALL
-SELECT 1, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND grace_deadline IS NOT NULL
-                     ORDER BY grace_deadline, seq LIMIT {PROBE_LIMIT})
-UNION ALL
-SELECT 2, 0, * FROM (SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 AND wait_deadline IS NOT NULL
-                     ORDER BY wait_deadline, seq LIMIT {PROBE_LIMIT})
-UNION ALL
-SELECT 3, row_number() OVER (ORDER BY seq DESC) - 1, * FROM (
-    SELECT {T} FROM turnq_tickets WHERE channel_id = ?1 ORDER BY seq DESC LIMIT {PROBE_TAIL}
+# What a unit reads when it opens, as separate statements run in the same hop to the connection's thread (each
+# is a short index range; together they cost less than one compound statement would): the front of the line,
+# the earliest grace and wait deadlines, the newest tickets, and the ticket the caller named.
+FRONT = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? ORDER BY seq LIMIT {max(PROBE_RANKS) + 1}"
+TAIL = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? ORDER BY seq DESC LIMIT {PROBE_TAIL}"
+GRACES = (
+    f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND grace_deadline IS NOT NULL "
+    f"ORDER BY grace_deadline, seq LIMIT {PROBE_LIMIT}"
 )
-"""
+WAITS = (
+    f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND wait_deadline IS NOT NULL "
+    f"ORDER BY wait_deadline, seq LIMIT {PROBE_LIMIT}"
+)
 
 FIND_BY_CLIENT = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND client_id = ?"
 FIND_BY_REQUEST = f"SELECT {T} FROM turnq_tickets WHERE channel_id = ? AND request_id = ?"

@@ -19,8 +19,15 @@ def _seqs(seqs: list[int]) -> str:
 
 
 class SqliteUnit(SqlUnit):
-    def __init__(self, writer: Writer, row: ChannelRow, probe: list[tuple[int, int, Ticket]]) -> None:
-        super().__init__(row, probe)
+    def __init__(
+        self,
+        writer: Writer,
+        row: ChannelRow,
+        probe: list[tuple[int, int, Ticket]],
+        client_id: str | None,
+        request_id: str | None,
+    ) -> None:
+        super().__init__(row, probe, client_id, request_id)
         self._writer = writer
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> Ticket | None:
