@@ -101,8 +101,11 @@ class SqlUnit(ChannelUnit):
                 self._line.learn(rank, t)
             elif kind == PROBE_LINE_FROM_END:
                 self._line.learn(row.ticket_count - 1 - rank, t)
-            else:
-                (graces if kind == PROBE_GRACE else waits).append(t)
+            elif kind == PROBE_GRACE:
+                graces.append(t)
+            elif kind == PROBE_WAIT:
+                waits.append(t)
+            # PROBE_FOUND: adopting it is all; find_by_* look through what the unit knows
         self._grace = Front(by_grace, graces, complete=row.graced_count == 0 or len(graces) < PROBE_LIMIT)
         no_waits = row.spec.max_wait_ms is None or row.ticket_count == 0
         self._wait = Front(by_wait, waits, complete=no_waits or len(waits) < PROBE_LIMIT)
