@@ -7,7 +7,7 @@ until a read needs them or the unit commits, so a turn costs a handful of round 
 It ships with turnq-backend-sqlite because every turnq server installs that backend as its default.
 """
 
-from .listeners import ListenerSet, PublishOrder
+from .listeners import ListenerSet
 from .rows import ChannelRow
 from .schema import SCHEMA_VERSION, SchemaVersionError, metadata
 from .unit import PendingWrites, SqlUnit
@@ -17,7 +17,6 @@ __all__ = [
     "ChannelRow",
     "ListenerSet",
     "PendingWrites",
-    "PublishOrder",
     "SchemaVersionError",
     "SqlUnit",
     "metadata",

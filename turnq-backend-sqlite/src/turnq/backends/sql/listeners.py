@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from turnq.core import EventBatch, Listener
@@ -29,38 +28,3 @@ class ListenerSet:
                 listener(batch)
             except Exception:
                 log.exception("a turnq listener failed on a batch for channel %r", batch.channel)
-
-
-Turn = tuple["asyncio.Future[None] | None", "asyncio.Future[None]"]
-
-
-class PublishOrder:
-    """Publishes batches in the order their units took a turn, whatever order their commits finish in.
-
-    A unit takes its turn while it still holds the channel's lock and then waits for its commit without the
-    lock, so the next unit can start meanwhile; publishing waits for every earlier turn first, so listeners hear
-    batches in commit order.
-    """
-
-    def __init__(self, listeners: ListenerSet) -> None:
-        self._listeners = listeners
-        self._tail: asyncio.Future[None] | None = None
-
-    def take_turn(self) -> Turn:
-        prev, mine = self._tail, asyncio.get_running_loop().create_future()
-        self._tail = mine
-        return prev, mine
-
-    async def publish_in_turn(self, turn: Turn, batch: EventBatch | None) -> None:
-        prev, mine = turn
-        try:
-            if prev is not None:
-                await prev
-            if batch is not None:
-                self._listeners.publish(batch)
-        finally:
-            mine.set_result(None)
-
-    async def drain(self) -> None:
-        if self._tail is not None:
-            await self._tail

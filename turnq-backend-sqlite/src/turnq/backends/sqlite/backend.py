@@ -1,9 +1,9 @@
 """The SQLite backend (``sqlite:///path/to/turnq.db``): durable and embedded, for one server process.
 
 One writing connection, held for the backend's life, carries every unit of work: ``BEGIN IMMEDIATE``, the
-channel row and a probe of its tickets in one hop to the connection's thread, reads the unit's caches cannot
-answer, then every pending write and ``COMMIT`` in one more hop. An asyncio lock serialises the process's units
-on it. Views (``get_channel``, ``list_channels``, ``deadlines``) read through SQLAlchemy on other connections,
+channel row and a probe of its tickets in one trip to the connection's thread, reads the unit's caches cannot
+answer, then every pending write and ``COMMIT`` in one more trip, which also begins the next waiting unit
+(:mod:`.admission` hands the connection from unit to unit, one at a time). Views (``get_channel``, ``list_channels``, ``deadlines``) read through SQLAlchemy on other connections,
 which WAL lets run beside the writer.
 
 Events are published to this process's listeners after the commit. Other processes that open the same file
@@ -27,9 +27,8 @@ import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from turnq.backends.sql import ListenerSet, PublishOrder, SqlUnit, views
+from turnq.backends.sql import ListenerSet, SqlUnit, views
 from turnq.backends.sql.line import PROBE_RANKS
-from turnq.backends.sql.listeners import Turn
 from turnq.backends.sql.rows import ChannelRow, channel_from_row, spec_params, ticket_from_row
 from turnq.backends.sql.schema import migrate
 from turnq.backends.sql.unit import PROBE_FOUND, PROBE_GRACE, PROBE_LINE, PROBE_LINE_FROM_END, PROBE_WAIT
@@ -46,9 +45,10 @@ from turnq.core import (
 )
 
 from . import statements as q
+from .admission import Admission, Outcome, raise_outcome
 from .unit import SqliteUnit, write_unit
 from .url import parse_sqlite_url
-from .writer import Writer, queued, rollback, unavailable
+from .writer import Writer, rollback, unavailable
 
 log = logging.getLogger("turnq.backends.sqlite")
 
@@ -68,8 +68,7 @@ class SqliteBackend(Backend):
         self._writer_conn: AsyncConnection | None = None
         self._writer: Writer | None = None
         self._listeners = ListenerSet()
-        self._order = PublishOrder(self._listeners)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._admission: Admission | None = None
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- lifecycle
@@ -107,6 +106,7 @@ class SqliteBackend(Backend):
             self._engine, self._writer_conn = engine, conn
             assert isinstance(raw.driver_connection, aiosqlite.Connection)
             self._writer = Writer(raw.driver_connection)
+            self._admission = Admission(self._writer)
             # WAL lets views read beside the writer and makes a commit one append; it is a property of the
             # file, set outside any transaction.
             mode = await self._writer.run(lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone()[0])
@@ -129,26 +129,27 @@ class SqliteBackend(Backend):
             await self.close()
 
     async def _migrate(self) -> tuple[int, int]:
-        conn, writer = self._writer_conn, self._writer
-        assert conn is not None and writer is not None
-        async with writer.lock:
-            try:
-                async with conn.begin():
-                    result: tuple[int, int] = await conn.run_sync(
-                        migrate, redact_url(self.url), time.time_ns() // 1_000_000
-                    )
-            except sa.exc.OperationalError as exc:
-                raise unavailable(exc) from exc
+        conn, admission = self._writer_conn, self._admission
+        assert conn is not None and admission is not None
+        await admission.enter(_nothing)
+        try:
+            async with conn.begin():
+                result: tuple[int, int] = await conn.run_sync(
+                    migrate, redact_url(self.url), time.time_ns() // 1_000_000
+                )
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc) from exc
+        finally:
+            admission.leave(None)
         if result[0] != result[1]:
             log.info("migrated %s from schema %d to %d", redact_url(self.url), *result)
         return result
 
     async def close(self) -> None:
-        if self._inflight:
-            await asyncio.wait(self._inflight)
-        await self._order.drain()
+        if self._admission is not None:
+            await self._admission.wait_idle()
         conn, engine = self._writer_conn, self._engine
-        self._writer = self._writer_conn = self._engine = None
+        self._writer = self._writer_conn = self._engine = self._admission = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -160,6 +161,11 @@ class SqliteBackend(Backend):
             raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
         return self._writer
 
+    def _open_admission(self) -> Admission:
+        if self._admission is None:
+            raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
+        return self._admission
+
     def _open_engine(self) -> AsyncEngine:
         if self._engine is None:
             raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
@@ -168,7 +174,6 @@ class SqliteBackend(Backend):
     # ---------------------------------------------------------------- channels
 
     async def create_channel(self, spec: ChannelSpec) -> None:
-        writer = self._open_writer()
         params = spec_params(spec)
 
         def insert(c: sqlite3.Connection) -> bool:
@@ -184,8 +189,9 @@ class SqliteBackend(Backend):
             c.execute("COMMIT")
             return True
 
-        async with writer.lock:
-            created = await writer.run(insert)
+        admission = self._open_admission()
+        created = await admission.enter(insert)
+        admission.leave(None)
         if not created:
             raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
 
@@ -217,55 +223,39 @@ class SqliteBackend(Backend):
     async def _unit(
         self, channel: str, client_id: str | None, request_id: str | None
     ) -> AsyncIterator[ChannelUnit]:
-        writer = self._open_writer()
+        writer, admission = self._open_writer(), self._open_admission()
+        row, probe = await admission.enter(lambda c: _begin(c, channel, client_id, request_id))
         error: BaseException | None = None
-        async with writer.lock:
-            unit = await self._begin(writer, channel, client_id, request_id)
-            try:
-                yield unit
-            except BaseException as exc:
-                error = exc
-            if error is not None:
-                ending = await queued(writer.run(rollback))
-            else:
-                turn = self._order.take_turn()
-                ending = await queued(self._commit(writer, unit, turn))
-        # The commit (or rollback) is queued on the connection's thread, ahead of anything the next unit sends,
-        # so the lock is free while it runs; the batch is published in commit order once it is done.
-        await _finish(ending, self._inflight)
+        try:
+            probed = [(kind, rank, ticket_from_row(r)) for kind, rank, r in probe]
+            unit = SqliteUnit(writer, channel_from_row(row), probed, client_id, request_id)
+            yield unit
+        except BaseException as exc:
+            error = exc
+        if error is not None:
+            ending = admission.leave(rollback)
+        else:
+            ending = admission.leave(
+                lambda c: _write_and_commit(c, unit), after=lambda done: self._publish(unit, done)
+            )
+        # The connection is the next unit's once this trip is done; the batch is published before that, so in
+        # commit order. A cancellation here does not stop the trip (or the publishing).
+        done = await asyncio.shield(ending)
         if error is not None:
             raise error
+        raise_outcome(done)
 
-    async def _begin(
-        self, writer: Writer, channel: str, client_id: str | None, request_id: str | None
-    ) -> SqliteUnit:
-        def begin(c: sqlite3.Connection) -> tuple[Any, list[tuple[int, int, Any]]] | None:
-            rollback(c)  # defensive: a transaction must never leak from one unit into the next
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                row = c.execute(q.SELECT_CHANNEL, (channel,)).fetchone()
-                if row is None:
-                    c.execute("ROLLBACK")
-                    return None
-                return row, _probe(c, channel_from_row(row), client_id, request_id)
-            except BaseException:
-                rollback(c)
-                raise
-
-        opened = await writer.run(begin)
-        if opened is None:
-            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
-        row, probe = opened
-        probed = [(kind, rank, ticket_from_row(r)) for kind, rank, r in probe]
-        return SqliteUnit(writer, channel_from_row(row), probed, client_id, request_id)
-
-    async def _commit(self, writer: Writer, unit: SqlUnit, turn: Turn) -> None:
-        batch = None
-        try:
-            await writer.run(lambda c: _write_and_commit(c, unit))
-            batch = _batch(unit)
-        finally:
-            await self._order.publish_in_turn(turn, batch)
+    def _publish(self, unit: SqlUnit, done: Outcome) -> None:
+        if done[0] and (unit.events or unit.concluded):
+            self._listeners.publish(
+                EventBatch(
+                    unit.row.spec.name,
+                    tuple(unit.events),
+                    unit.next_deadline,
+                    unit.depth_after,
+                    deleted=unit.deleted,
+                )
+            )
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.add(listener)
@@ -279,8 +269,6 @@ class SqliteBackend(Backend):
         return views.deadlines_from_rows(await self._read(views.select_deadlines()))
 
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
-        writer = self._open_writer()
-
         def restart(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -291,8 +279,29 @@ class SqliteBackend(Backend):
                 rollback(c)
                 raise
 
-        async with writer.lock:
-            await writer.run(restart)
+        admission = self._open_admission()
+        await admission.enter(restart)
+        admission.leave(None)
+
+
+def _begin(
+    c: sqlite3.Connection, channel: str, client_id: str | None, request_id: str | None
+) -> tuple[Any, list[tuple[int, int, Any]]]:
+    """A unit's start: the write lock, the channel row and the probe of its tickets (rows, not yet Tickets)."""
+    rollback(c)  # defensive: a transaction must never leak from one unit into the next
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        row = c.execute(q.SELECT_CHANNEL, (channel,)).fetchone()
+        if row is None:
+            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+        return row, _probe(c, channel_from_row(row), client_id, request_id)
+    except BaseException:
+        rollback(c)
+        raise
+
+
+def _nothing(c: sqlite3.Connection) -> None:
+    return None
 
 
 def _probe(
@@ -330,24 +339,4 @@ def _write_and_commit(c: sqlite3.Connection, unit: SqlUnit) -> None:
         c.execute("COMMIT")
     except BaseException:
         rollback(c)
-        raise
-
-
-def _batch(unit: SqlUnit) -> EventBatch | None:
-    if not (unit.events or unit.concluded):
-        return None
-    return EventBatch(
-        unit.row.spec.name, tuple(unit.events), unit.next_deadline, unit.depth_after, deleted=unit.deleted
-    )
-
-
-async def _finish(ending: asyncio.Task[None], inflight: set[asyncio.Task[None]]) -> None:
-    """Wait for a unit's commit or rollback. If the caller is cancelled meanwhile, the work (and the
-    publishing of a committed unit's events) goes on in its own task, held in ``inflight`` until done."""
-    try:
-        await asyncio.shield(ending)
-    except asyncio.CancelledError:
-        if not ending.done():
-            inflight.add(ending)
-            ending.add_done_callback(inflight.discard)
         raise

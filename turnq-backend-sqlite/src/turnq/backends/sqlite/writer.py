@@ -8,9 +8,8 @@ thread: one hop per step instead of one per statement, and never a blocking call
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -22,13 +21,13 @@ T = TypeVar("T")
 class Writer:
     """Runs functions against the writing ``sqlite3.Connection`` on aiosqlite's thread for it.
 
-    ``lock`` serialises this process's writers, so a unit never meets SQLITE_BUSY from its own process; the
-    connection's busy timeout covers other processes (``turnq db upgrade``, an admin tool).
+    Who may do so at a given moment is :class:`~.admission.Admission`'s business: one unit at a time, so units
+    never meet SQLITE_BUSY from their own process; the connection's busy timeout covers other processes
+    (``turnq db upgrade``, an admin tool).
     """
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._aconn = connection
-        self.lock = asyncio.Lock()
         # aiosqlite's queue-a-function primitive; it is what every public aiosqlite call is built on.
         self._submit: Callable[..., Any] = connection._execute
 
@@ -38,19 +37,6 @@ class Writer:
         except sqlite3.OperationalError as exc:
             raise unavailable(exc) from exc
         return result
-
-
-async def queued(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Start ``work`` (whose first step is a ``Writer.run``) and return once its function is queued on the
-    connection's thread.
-
-    The event loop runs a new task's first step before it resumes a coroutine that yielded after creating it,
-    and ``Writer.run`` queues its function within that step; so whatever the caller queues afterwards runs on
-    the thread after this, even once the caller has let go of the writer lock.
-    """
-    task = asyncio.ensure_future(work)
-    await asyncio.sleep(0)
-    return task
 
 
 def unavailable(exc: BaseException) -> TurnqError:
