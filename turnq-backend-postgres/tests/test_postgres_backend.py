@@ -261,3 +261,20 @@ async def test_a_cancelled_unit_leaves_nothing_behind(pg_url: str) -> None:
         await task
     assert (await service.enqueue("ch", "c1"))[1] == 0  # the row lock was released
     await backend.close()
+
+
+async def test_more_concurrent_units_than_connections_wait_their_turn(pg_url: str) -> None:
+    backend = PostgresBackend(pg_url + "&pool_size=2&max_overflow=0&pool_timeout=20")
+    await backend.open()
+    try:
+        service = TurnService(backend)
+        for ch in range(10):
+            await service.create_channel(ChannelSpec(f"ch{ch}"))
+        results = await asyncio.wait_for(
+            asyncio.gather(*(service.enqueue(f"ch{i % 10}", f"c{i}") for i in range(100))), 60
+        )
+        for ch in range(10):
+            positions = sorted(p for i, (_, p) in enumerate(results) if i % 10 == ch)
+            assert positions == list(range(10))
+    finally:
+        await backend.close()

@@ -3,9 +3,9 @@
 A unit of work takes a pooled connection, begins a transaction, and locks and reads the channel row with a probe
 of its tickets in one statement (``SELECT … FOR UPDATE``); reads its caches cannot answer go to the same
 connection; on commit, every pending write, the channel row, the ``NOTIFY`` of the unit's batch and ``COMMIT``
-go as one script. A release that grants the next ticket is three round trips, two of them while holding the row
-lock. Units on one channel in this process queue on asyncio locks first (:class:`_Gate`), so they do not each
-hold a pooled connection while they wait for the row lock.
+go as one script: a release that grants the next ticket is three round trips. Units on one channel in this
+process queue on an asyncio lock first, so they do not each hold a pooled connection while they wait for the row
+lock.
 
 Every process hears every committed batch: its own right after commit, the others' through ``LISTEN``
 (:mod:`.feed`). When the server goes away, operations fail fast with ``BACKEND_UNAVAILABLE`` (connect and
@@ -73,8 +73,7 @@ class PostgresBackend(Backend):
         self._engine: AsyncEngine | None = None
         self._listeners = ListenerSet()
         self._feed: Feed | None = None
-        self._gates: weakref.WeakValueDictionary[str, _Gate] = weakref.WeakValueDictionary()
-        self._idle: list[Held] = []  # warm connections, checked out of the engine's pool
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- connections
@@ -184,9 +183,6 @@ class PostgresBackend(Backend):
         feed, self._feed = self._feed, None
         if feed is not None:
             await feed.stop()
-        idle, self._idle = self._idle, []
-        for held in idle:
-            await self._discard(held)
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -213,11 +209,11 @@ class PostgresBackend(Backend):
 
     # ---------------------------------------------------------------- units
 
-    def _gate_for(self, channel: str) -> _Gate:
-        gate = self._gates.get(channel)
-        if gate is None:
-            gate = self._gates[channel] = _Gate()
-        return gate
+    def _lock_for(self, channel: str) -> asyncio.Lock:
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
 
     def unit(self, channel: str) -> AbstractAsyncContextManager[ChannelUnit]:
         return self._unit(channel, None, None)
@@ -231,19 +227,11 @@ class PostgresBackend(Backend):
     async def _unit(
         self, channel: str, client_id: str | None, request_id: str | None
     ) -> AsyncIterator[ChannelUnit]:
-        gate = self._gate_for(channel)
-        async with gate.ready:
+        async with self._lock_for(channel):
             held = await self._begin()
             try:
-                await gate.working.acquire()
-            except BaseException:
-                await self._release(held, rollback=True)
-                raise
-        conn = held[1]
-        try:
-            try:
-                unit = await self._lock_and_probe(conn, channel, client_id, request_id)
                 try:
+                    unit = await self._lock_and_probe(held[1], channel, client_id, request_id)
                     yield unit
                 except BaseException as exc:
                     await _complete(self._rollback(held))
@@ -251,12 +239,8 @@ class PostgresBackend(Backend):
                         raise unavailable(exc) from exc
                     raise
                 await _complete(self._commit(held, unit))
-            except BaseException:
-                await self._release(held, rollback=not conn.is_closed() and conn.is_in_transaction())
-                raise
-            await self._release(held, rollback=False)
-        finally:
-            gate.working.release()
+            finally:
+                await self._release(held)
 
     async def _begin(self) -> Held:
         """A connection with a transaction begun. One that turns out dead at its first statement (the server
@@ -266,7 +250,7 @@ class PostgresBackend(Backend):
             try:
                 await held[1].execute("BEGIN")
             except Exception as exc:
-                await self._discard(held)
+                await self._release(held)
                 if attempt == 1 and is_connection_lost(exc):
                     continue
                 if is_unavailable(exc):
@@ -276,14 +260,6 @@ class PostgresBackend(Backend):
         raise AssertionError("unreachable")
 
     async def _acquire(self) -> Held:
-        """A warm connection from this backend's stack, or a new one from the engine's pool (which bounds how
-        many there are, and how long to wait for one). Keeping them checked out saves the pool's bookkeeping on
-        every unit."""
-        while self._idle:
-            held = self._idle.pop()
-            if not held[1].is_closed():
-                return held
-            await self._discard(held)  # the server dropped it (a restart)
         try:
             sa_conn = await self._open_engine().connect()
             conn = (await sa_conn.get_raw_connection()).driver_connection
@@ -294,16 +270,9 @@ class PostgresBackend(Backend):
         assert isinstance(conn, asyncpg.Connection)
         return sa_conn, conn
 
-    async def _release(self, held: Held, *, rollback: bool) -> None:
-        if rollback:
-            await self._rollback(held)
-        sa_conn, conn = held
-        if self._engine is None or sa_conn.invalidated or conn.is_closed() or conn.is_in_transaction():
-            await self._discard(held)
-        else:
-            self._idle.append(held)
-
-    async def _discard(self, held: Held) -> None:
+    async def _release(self, held: Held) -> None:
+        """Back to the pool; a connection that is closed, or still in a transaction after a failure, is
+        discarded instead."""
         sa_conn, conn = held
         with contextlib.suppress(Exception):
             if conn.is_closed() or conn.is_in_transaction():
@@ -440,18 +409,6 @@ class PostgresBackend(Backend):
             return
         for name, when in views.deadlines_from_rows(rows).items():
             self._listeners.publish(EventBatch(name, (), when, depths.get(name, 0)))
-
-
-class _Gate:
-    """How this process's units queue for one channel. ``working`` is held by the unit that holds the channel's
-    row lock; ``ready`` admits the next unit to check out a connection and begin its transaction meanwhile, so
-    that round trip is off the channel's critical path, while the units behind it wait without a connection."""
-
-    __slots__ = ("__weakref__", "ready", "working")
-
-    def __init__(self) -> None:
-        self.ready = asyncio.Lock()
-        self.working = asyncio.Lock()
 
 
 async def _complete(work: Coroutine[Any, Any, T]) -> T:
