@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -278,3 +280,15 @@ async def test_more_concurrent_units_than_connections_wait_their_turn(pg_url: st
             assert positions == list(range(10))
     finally:
         await backend.close()
+
+
+def test_db_upgrade_command_hides_the_password(pg_url: str) -> None:
+    url = pg_url.replace("://postgres@", "://postgres:hunter2@", 1)
+    if "hunter2" not in url:
+        pytest.skip("the test DSN has no user part to add a password to")
+    cmd = [sys.executable, "-m", "turnq.core.cli", "db", "upgrade", "--database-url", url]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    assert "upgraded from version 0 to 1" in first.stdout
+    assert "hunter2" not in first.stdout + first.stderr and "postgres:***@" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    assert "nothing to upgrade" in again.stdout
