@@ -93,7 +93,8 @@ class EventBatch:
 
     ``next_deadline`` is the channel's nearest deadline after the change (lease, max wait or grace), so every
     process's reaper learns when to look at the channel again without polling. ``deleted`` tells listeners
-    the channel is gone.
+    the channel is gone. ``resync`` marks a batch that carries no events of its own but says batches for the
+    channel may have been lost (the feed reconnected): streams should be brought up to date.
     """
 
     channel: str
@@ -102,6 +103,7 @@ class EventBatch:
     depth: int
     origin: str = ""
     deleted: bool = False
+    resync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,17 +146,23 @@ class TurnService:
             await self._conclude(u, depth + 1)
             return ticket.request_id, depth
 
-    async def attach(self, channel: str, client_id: str, request_id: str, attachment: str) -> None:
+    async def attach(
+        self, channel: str, client_id: str, request_id: str, attachment: str, *, announce: bool = True
+    ) -> None:
         """A subscriber stream opened for a ticket: it becomes the ticket's one live stream.
 
         Emits the stream's first event (``queued`` or ``your-turn``) through the feed, so it is ordered with
-        every later event for the ticket.
+        every later event for the ticket. ``announce=False`` re-attaches a stream that is already open (its
+        server had been taken for dead) without telling the client anything it already knows.
         """
         async with self.backend.unit_for_ticket(channel, request_id=request_id) as u:
             ticket = await self._own_ticket(u, client_id, request_id)
             ticket.attachment = attachment
             ticket.grace_deadline = None
             await u.save(ticket)
+            if not announce:
+                await self._conclude(u)
+                return
             u.emit(Event(None, {"attachment": attachment}, request_id=request_id))
             holder = u.holder
             if holder is not None and holder.request_id == request_id:
@@ -171,6 +177,23 @@ class TurnService:
                     )
                 )
             await self._conclude(u)
+
+    async def ticket_state(self, channel: str, request_id: str) -> tuple[Ticket | None, Grant | None, int]:
+        """Where a ticket stands: ``(ticket, grant, 0)`` while it holds, ``(ticket, None, position)`` while it
+        waits, ``(None, None, -1)`` once it is over. For a stream that may have missed events."""
+        try:
+            async with self.backend.unit_for_ticket(channel, request_id=request_id) as u:
+                ticket = await u.find_by_request(request_id)
+                if ticket is None:
+                    return None, None, -1
+                holder = u.holder
+                if holder is not None and holder.request_id == request_id:
+                    return ticket, holder, 0
+                return ticket, None, await u.rank(ticket)
+        except TurnqError as exc:
+            if exc.code is ErrorCode.CHANNEL_NOT_FOUND:
+                return None, None, -1
+            raise
 
     async def detach(self, channel: str, request_id: str, attachment: str) -> None:
         """A subscriber stream closed. If it was the ticket's live stream, the grace starts (or, with

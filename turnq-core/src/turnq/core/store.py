@@ -158,6 +158,28 @@ class Backend(ABC):
     async def deadlines(self) -> dict[str, int]:
         """Each channel's nearest deadline, for a reaper that is starting up."""
 
+    async def heartbeat(self, instance: str, now: int) -> bool:
+        """Record that server process ``instance`` is alive.
+
+        Returns False if the backend did not know it as alive (it is new, or was taken for dead and its tickets
+        detached), so the process can re-attach the streams it still holds. Backends that serve one process
+        only need not track anything.
+        """
+        return True
+
+    async def detach_stale(
+        self, now: int, stale_before: int, min_window_ms: int, *, refresh_detached: bool = False
+    ) -> None:
+        """Presence across server processes: every ticket attached to an instance not heard from since
+        ``stale_before`` is detached and starts a grace of ``max(channel grace_ms, min_window_ms)`` from
+        ``now``; with ``refresh_detached`` (a process starting), tickets attached to nobody get that fresh grace
+        too. Every process must hear each touched channel's new nearest deadline.
+
+        The default suits a backend that serves one process at a time: at start, everything is detached.
+        """
+        if refresh_detached:
+            await self.restart_grace(now, min_window_ms)
+
     @abstractmethod
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
         """Detach every ticket and give it a fresh grace from ``now`` (a server has just started).

@@ -37,7 +37,17 @@ class Stream:
     over the ticket (its closing must change nothing).
     """
 
-    __slots__ = ("attachment", "channel", "closing", "frames", "key", "replaced", "ticket_over", "waiter")
+    __slots__ = (
+        "attachment",
+        "channel",
+        "closing",
+        "frames",
+        "key",
+        "replaced",
+        "ticket_over",
+        "turn_sent",
+        "waiter",
+    )
 
     def __init__(self, channel: str, key: str | None, attachment: str = "") -> None:
         self.channel = channel
@@ -48,6 +58,7 @@ class Stream:
         self.closing = False
         self.ticket_over = False
         self.replaced = False
+        self.turn_sent = False  # your-turn went out on this stream (it is sent once per subscription)
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -114,6 +125,9 @@ class Hub:
                 if not group:
                     del self.observers[stream.channel]
 
+    def ticket_streams(self, channel: str | None = None) -> list[Stream]:
+        return [s for (ch, _), s in self.tickets.items() if channel is None or ch == channel]
+
     def counts(self) -> tuple[int, int]:
         return len(self.tickets), sum(len(g) for g in self.observers.values())
 
@@ -130,6 +144,8 @@ class Hub:
                     continue
                 if event.name is not None:
                     stream.push(encode_frame(event.name, event.data))
+                    if event.name == "your-turn":
+                        stream.turn_sent = True
                 elif "attachment" in event.data and event.data["attachment"] != stream.attachment:
                     # Another process's stream took this ticket over: end ours without starting a grace.
                     stream.replaced = True
