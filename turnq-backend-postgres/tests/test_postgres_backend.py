@@ -15,7 +15,16 @@ import pytest
 from turnq.backends.postgres import PostgresBackend, parse_postgres_url
 from turnq.backends.postgres.payload import MAX_PAYLOAD, Assembler, Envelope, encode
 from turnq.backends.sql import SCHEMA_VERSION, SchemaVersionError
-from turnq.core import ChannelSpec, ErrorCode, Event, EventBatch, TurnqError, TurnService, open_backend
+from turnq.core import (
+    ChannelSpec,
+    ErrorCode,
+    Event,
+    EventBatch,
+    Ticket,
+    TurnqError,
+    TurnService,
+    open_backend,
+)
 from turnq.core.testing import Recorder
 
 
@@ -127,7 +136,7 @@ async def test_migrations_record_the_version_and_run_once(
     conn = await asyncpg.connect(postgres_dsn, timeout=10)
     try:
         rows = await conn.fetch(f"SELECT version, description FROM {schema}.turnq_schema_version")
-        assert [tuple(r) for r in rows] == [(1, "channels and tickets")]
+        assert [tuple(r) for r in rows] == [(1, "channels and tickets"), (2, "server instances")]
         await conn.execute(f"INSERT INTO {schema}.turnq_schema_version VALUES (99, 'from the future', 0)")
     finally:
         await conn.close()
@@ -288,7 +297,55 @@ def test_db_upgrade_command_hides_the_password(pg_url: str) -> None:
         pytest.skip("the test DSN has no user part to add a password to")
     cmd = [sys.executable, "-m", "turnq.core.cli", "db", "upgrade", "--database-url", url]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-    assert "upgraded from version 0 to 1" in first.stdout
+    assert f"upgraded from version 0 to {SCHEMA_VERSION}" in first.stdout
     assert "hunter2" not in first.stdout + first.stderr and "postgres:***@" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
     assert "nothing to upgrade" in again.stdout
+
+
+async def test_presence_detaches_only_the_tickets_of_silent_servers(pg_url: str) -> None:
+    a, b = PostgresBackend(pg_url), PostgresBackend(pg_url)
+    heard = Heard()
+    await a.open()
+    await b.open()
+    b.add_listener(heard)
+    try:
+        service = TurnService(a)
+        t0 = service.clock()
+        assert await a.heartbeat("srv-a", t0) is False  # new
+        assert await b.heartbeat("srv-b", t0) is False
+        assert await a.heartbeat("srv-a", t0 + 10) is True
+        await service.create_channel(ChannelSpec("p", grace_ms=1000, lease_ms=600_000))
+        ra, _ = await service.enqueue("p", "on-a")
+        rb, _ = await service.enqueue("p", "on-b")
+        await service.enqueue("p", "nowhere")
+        await service.attach("p", "on-a", ra, "srv-a/1")
+        await service.attach("p", "on-b", rb, "srv-b/7")
+        nowhere_grace = (await service.queue_view("p")).waiters[1].grace_deadline
+        heard.clear()
+
+        later = t0 + 20_000
+        await b.heartbeat("srv-b", later)  # srv-a stays silent
+        await b.detach_stale(later, later - 5_000, 3_000)
+        view = await service.queue_view("p")
+        tickets = {t.client_id: t for t in [*view.waiters, *(await _holder_ticket(a, "p"))]}
+        assert (tickets["on-a"].attachment, tickets["on-a"].grace_deadline) == (None, later + 3_000)
+        assert (tickets["on-b"].attachment, tickets["on-b"].grace_deadline) == ("srv-b/7", None)
+        assert tickets["nowhere"].grace_deadline == nowhere_grace  # not refreshed without refresh_detached
+        await heard.until(lambda: bool(heard.batches))  # every process hears the channel's new deadline
+        assert heard.batches[-1].channel == "p" and heard.batches[-1].depth == 3
+        assert await a.heartbeat("srv-a", later + 1) is False  # taken for dead: it must re-attach
+
+        await b.detach_stale(later + 2, later - 5_000, 3_000, refresh_detached=True)
+        view = await service.queue_view("p")
+        assert view.waiters[1].grace_deadline == later + 2 + 3_000  # "nowhere" got a fresh grace
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _holder_ticket(backend: PostgresBackend, channel: str) -> list[Ticket]:
+    async with backend.unit(channel) as u:
+        holder = u.holder
+        found = await u.find_by_request(holder.request_id) if holder else None
+        return [found] if found else []

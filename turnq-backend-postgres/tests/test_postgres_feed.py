@@ -70,5 +70,6 @@ async def test_a_lost_notification_holds_a_channel_back_only_briefly(monkeypatch
     feed.local(7, 4, _batch(4))
     assert _order(recorder) == [1]
     await asyncio.sleep(0.2)
-    assert _order(recorder) == [1, 3, 4]
+    assert _order(recorder) == [1, 3, 4, 4]  # and a resync: batch 2 was lost
+    assert [b.resync for b in recorder.batches] == [False, False, False, True]
     await feed.stop()

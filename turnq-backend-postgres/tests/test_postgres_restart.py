@@ -54,6 +54,7 @@ async def test_reconnects_after_the_server_restarts(pg_url: str) -> None:
     try:
         await sa.create_channel(ChannelSpec("r", lease_ms=600_000))
         await sa.enqueue("r", "before")
+        before_gap = len(heard.batches)
         await _cluster("stop")
         try:
             started = time.monotonic()
@@ -68,7 +69,6 @@ async def test_reconnects_after_the_server_restarts(pg_url: str) -> None:
             assert (await sa.enqueue("r", "after"))[1] == 1
 
         await _eventually(enqueue_after, 30)
-        heard.clear()
 
         async def b_is_heard() -> None:
             # the listener has re-LISTENed: b's changes reach a's listeners again
@@ -76,6 +76,12 @@ async def test_reconnects_after_the_server_restarts(pg_url: str) -> None:
             await asyncio.sleep(0.3)
             assert any(n == "queued" for n in heard.names(None))
 
+        async def resynced() -> None:
+            # after the gap, this process's listeners are told to bring their streams up to date
+            assert any(b.resync and b.channel == "r" for b in heard.batches[before_gap:])
+
+        await _eventually(resynced, 30)
+        heard.clear()
         await _eventually(b_is_heard, 30)
         assert [t.client_id for t in (await sa.queue_view("r")).waiters][:1] == ["after"]
     finally:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from turnq.backends.sql import SCHEMA_VERSION, SchemaVersionError
+from turnq.backends.sql import SCHEMA_VERSION, SchemaVersionError, schema
 from turnq.backends.sqlite import SqliteBackend, parse_sqlite_url
 from turnq.backends.sqlite import statements as q
 from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService, open_backend
@@ -80,8 +80,30 @@ async def test_migrations_record_the_version_and_run_once(tmp_path: Path) -> Non
     await backend.close()
     with sqlite3.connect(tmp_path / "t.db") as db:
         assert db.execute("SELECT version, description FROM turnq_schema_version").fetchall() == [
-            (1, "channels and tickets")
+            (1, "channels and tickets"),
+            (2, "server instances"),
         ]
+
+
+async def test_a_version_1_database_is_migrated_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    with monkeypatch.context() as m:  # a turnq that knew only the first migration
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        m.setattr(schema, "SCHEMA_VERSION", 1)
+        assert await SqliteBackend(url).upgrade() == (0, 1)
+        backend = SqliteBackend(url)
+        await backend.open()
+        await TurnService(backend).create_channel(ChannelSpec("kept"))
+        await backend.close()
+    assert await SqliteBackend(url).upgrade() == (1, SCHEMA_VERSION)
+    backend = SqliteBackend(url)
+    await backend.open()
+    assert (await TurnService(backend).get_channel("kept")).spec.name == "kept"
+    await backend.close()
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        assert db.execute("SELECT count(*) FROM turnq_instances").fetchone() == (0,)
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -100,9 +122,9 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
     cmd = [sys.executable, "-m", "turnq.core.cli", "db", "upgrade", "--database-url", url]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-    assert "upgraded from version 0 to 1" in first.stdout
+    assert f"upgraded from version 0 to {SCHEMA_VERSION}" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-    assert "schema version 1, nothing to upgrade" in again.stdout
+    assert f"schema version {SCHEMA_VERSION}, nothing to upgrade" in again.stdout
 
 
 async def test_hot_statements_use_indexes(tmp_path: Path) -> None:

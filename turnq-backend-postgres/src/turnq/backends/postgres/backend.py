@@ -44,6 +44,7 @@ from turnq.core import (
     redact_url,
 )
 
+from . import presence
 from . import statements as q
 from .errors import is_connection_lost, is_unavailable, unavailable
 from .feed import Feed
@@ -362,53 +363,74 @@ class PostgresBackend(Backend):
         return views.deadlines_from_rows(await self._read(views.select_deadlines()))
 
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
-        """Every ticket detached with a fresh grace, in one transaction; every process hears each channel's new
-        nearest deadline. Channel rows are locked (updated) before tickets, in the order units lock them."""
-        c, t = channels, tickets
-        bump = (
-            sa.update(c)
-            .values(graced_count=c.c.ticket_count, version=c.c.version + 1)
-            .returning(c.c.id, c.c.name, c.c.version, c.c.ticket_count)
-        )
-        detach = (
-            sa.update(t)
-            .values(attachment=None, grace_deadline=now + sa.func.greatest(c.c.grace_ms, min_window_ms))
-            .where(c.c.id == t.c.channel_id)
-        )
+        """Every ticket detached with a fresh grace, in one transaction; every process hears each touched
+        channel's new nearest deadline."""
+        await self._detach(sa.true(), now, min_window_ms)
+
+    async def heartbeat(self, instance: str, now: int) -> bool:
         async with self._sa_connection() as conn, conn.begin():
-            bumped = (await conn.execute(bump)).all()
-            await conn.execute(detach)
-            deadlines = views.deadlines_from_rows((await conn.execute(views.select_deadlines())).all())
-            envelopes = [
-                Envelope(
-                    self.origin, cid, version, EventBatch(name, (), deadlines.get(name), depth, self.origin)
-                )
-                for cid, name, version, depth in bumped
-            ]
-            payloads = [p for env in envelopes for p in encode(env)]
-            if payloads:
-                await conn.execute(
-                    sa.text(
-                        "SELECT count(pg_notify(:channel, p)) FROM unnest(CAST(:payloads AS text[])) AS p"
-                    ),
-                    {"channel": self.options.notify_channel, "payloads": payloads},
-                )
+            return await presence.heartbeat(conn, instance, now)
+
+    async def detach_stale(
+        self, now: int, stale_before: int, min_window_ms: int, *, refresh_detached: bool = False
+    ) -> None:
+        """The tickets of server processes silent since ``stale_before`` (and, with ``refresh_detached``,
+        those attached to nobody) are detached with a fresh grace. Cheap when nobody went silent: every server
+        runs this every second."""
+        async with self._sa_connection() as conn, conn.begin():
+            gone = await presence.forget_stale(conn, stale_before)
+            which: sa.ColumnElement[bool] = presence.attached_to(gone) if gone else sa.false()
+            if refresh_detached:
+                which = sa.or_(which, tickets.c.attachment.is_(None))
+            if not (gone or refresh_detached):
+                return
+            envelopes = await self._detach_in(conn, which, now, min_window_ms)
+        self._deliver(envelopes)
+
+    async def _detach(self, which: sa.ColumnElement[bool], now: int, min_window_ms: int) -> None:
+        async with self._sa_connection() as conn, conn.begin():
+            envelopes = await self._detach_in(conn, which, now, min_window_ms)
+        self._deliver(envelopes)
+
+    async def _detach_in(
+        self, conn: AsyncConnection, which: sa.ColumnElement[bool], now: int, min_window_ms: int
+    ) -> list[Envelope]:
+        """Detach, then NOTIFY each touched channel's new depth and nearest deadline (inside the transaction,
+        so other processes hear it only if it commits)."""
+        bumped = await presence.detach(conn, which, now, min_window_ms)
+        if not bumped:
+            return []
+        rows = (await conn.execute(views.select_deadlines([r[0] for r in bumped]))).all()
+        deadlines = views.deadlines_from_rows(rows)
+        envelopes = [
+            Envelope(self.origin, cid, version, EventBatch(name, (), deadlines.get(name), depth, self.origin))
+            for cid, name, version, depth in bumped
+        ]
+        payloads = [p for env in envelopes for p in encode(env)]
+        await conn.execute(
+            sa.text("SELECT count(pg_notify(:channel, p)) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": self.options.notify_channel, "payloads": payloads},
+        )
+        return envelopes
+
+    def _deliver(self, envelopes: list[Envelope]) -> None:
         feed = self._require_feed()
         for env in envelopes:
             feed.local(env.channel_id, env.version, env.batch)
 
     async def _resync(self) -> None:
         """After the listener reconnects, batches sent while it was away are lost: tell this process's
-        listeners every channel's current depth and nearest deadline, so reapers re-arm their timers."""
+        listeners, for every channel, its current depth and nearest deadline (so reapers re-arm their timers)
+        with ``resync`` set (so streams are brought up to date)."""
         try:
             async with self._sa_connection() as conn:
-                rows = (await conn.execute(views.select_deadlines())).all()
+                deadlines = views.deadlines_from_rows((await conn.execute(views.select_deadlines())).all())
                 counts = (await conn.execute(sa.select(channels.c.name, channels.c.ticket_count))).all()
-                depths = {str(r[0]): int(r[1]) for r in counts}
         except TurnqError:
-            return
-        for name, when in views.deadlines_from_rows(rows).items():
-            self._listeners.publish(EventBatch(name, (), when, depths.get(name, 0)))
+            return  # gone again; the next reconnect tries again
+        for row in counts:
+            name = str(row[0])
+            self._listeners.publish(EventBatch(name, (), deadlines.get(name), int(row[1]), resync=True))
 
 
 async def _complete(work: Coroutine[Any, Any, T]) -> T:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -179,11 +180,16 @@ class Feed:
             self._forget_held(channel_id)
 
     def _release_held(self, channel_id: int) -> None:
-        """Deliver whatever is still held, in order, without waiting for the missing batches any longer."""
+        """Deliver whatever is still held, in order, without waiting for the missing batches any longer, and
+        say that some of the channel's batches were lost (``resync``), so streams are brought up to date."""
         held = self._held.get(channel_id, {})
+        last = None
         for version in sorted(held):
-            self._deliver(channel_id, version, held[version])
+            last = held[version]
+            self._deliver(channel_id, version, last)
         self._forget_held(channel_id)
+        if last is not None and not last.deleted:
+            self._listeners.publish(replace(last, events=(), origin="", resync=True))
 
     def _forget_held(self, channel_id: int) -> None:
         self._held.pop(channel_id, None)

@@ -21,7 +21,7 @@ from turnq.core import ErrorCode, TurnqError
 
 # The schema version this code writes. A database at a newer version is refused: it was upgraded by a newer
 # turnq whose changes this one does not know how to keep.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # SQLite makes an ``INTEGER PRIMARY KEY`` the rowid; PostgreSQL gets a 64-bit identity.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -76,6 +76,14 @@ tickets = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Server processes sharing the store, and when each was last heard from (presence across processes).
+instances = sa.Table(
+    "turnq_instances",
+    metadata,
+    sa.Column("instance", sa.Text, primary_key=True),
+    sa.Column("heard_at", sa.BigInteger, nullable=False),
+)
+
 sa.Index(
     "turnq_tickets_wait",
     tickets.c.channel_id,
@@ -110,7 +118,14 @@ def _v1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[channels, tickets])
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "channels and tickets", _v1),)
+def _v2(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[instances])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "channels and tickets", _v1),
+    Migration(2, "server instances", _v2),
+)
 
 
 class SchemaVersionError(TurnqError):

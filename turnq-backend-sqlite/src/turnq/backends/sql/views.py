@@ -27,8 +27,9 @@ def channel_views(rows: Iterable[Sequence[Any]]) -> list[ChannelView]:
     return [channel_from_row(r).view() for r in rows]
 
 
-def select_deadlines() -> sa.Select[Any]:
-    """Per channel: the holder's lease, the earliest wait deadline of a waiter, the earliest grace deadline.
+def select_deadlines(channel_ids: Sequence[int] | None = None) -> sa.Select[Any]:
+    """Per channel (all, or those of ``channel_ids``): the holder's lease, the earliest wait deadline of a
+    waiter, the earliest grace deadline.
 
     One statement; each subquery is a seek on its partial index.
     """
@@ -44,7 +45,8 @@ def select_deadlines() -> sa.Select[Any]:
         .where(t.c.channel_id == c.c.id, t.c.grace_deadline.is_not(None))
         .scalar_subquery()
     )
-    return sa.select(c.c.name, c.c.holder_lease_deadline, wait, grace)
+    stmt = sa.select(c.c.name, c.c.holder_lease_deadline, wait, grace)
+    return stmt if channel_ids is None else stmt.where(c.c.id.in_(channel_ids))
 
 
 def deadlines_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, int]:
