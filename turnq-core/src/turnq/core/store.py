@@ -180,6 +180,11 @@ class Backend(ABC):
         if refresh_detached:
             await self.restart_grace(now, min_window_ms)
 
+    async def retire(self, instance: str, now: int, min_window_ms: int) -> None:
+        """Server process ``instance`` is stopping: its tickets start their grace now (as they would once it
+        went silent), so other processes need not wait for its heartbeat to go stale."""
+        return None
+
     @abstractmethod
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
         """Detach every ticket and give it a fresh grace from ``now`` (a server has just started).

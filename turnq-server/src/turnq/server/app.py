@@ -81,7 +81,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> web.Appl
         )
 
     async def on_shutdown(app: web.Application) -> None:
-        state.shutdown_streams("server stopping")
+        await state.shutdown_streams("server stopping")
 
     async def on_cleanup(app: web.Application) -> None:
         await state.stop()

@@ -147,8 +147,14 @@ class ServerState:
             await asyncio.sleep(self.config.keepalive_s)
             self.hub.keepalive()
 
-    def shutdown_streams(self, reason: str) -> None:
+    async def shutdown_streams(self, reason: str) -> None:
+        """Tell every stream the server is stopping, then hand its tickets' presence back: their graces start
+        now, and clients resubscribe (here after a restart, or on another replica) to keep their places."""
         self.hub.shutdown(reason)
+        try:
+            await self.service.backend.retire(self.instance, self.service.clock(), SUBSCRIBE_WINDOW_MS)
+        except TurnqError as exc:
+            log.warning("could not hand back presence at shutdown (%s)", exc.code.value)
 
     async def stop(self) -> None:
         for task in (self._keepalive, self._presence):

@@ -387,6 +387,12 @@ class PostgresBackend(Backend):
             envelopes = await self._detach_in(conn, which, now, min_window_ms)
         self._deliver(envelopes)
 
+    async def retire(self, instance: str, now: int, min_window_ms: int) -> None:
+        async with self._sa_connection() as conn, conn.begin():
+            await presence.forget(conn, instance)
+            envelopes = await self._detach_in(conn, presence.attached_to([instance]), now, min_window_ms)
+        self._deliver(envelopes)
+
     async def _detach(self, which: sa.ColumnElement[bool], now: int, min_window_ms: int) -> None:
         async with self._sa_connection() as conn, conn.begin():
             envelopes = await self._detach_in(conn, which, now, min_window_ms)

@@ -28,6 +28,11 @@ async def heartbeat(conn: AsyncConnection, instance: str, now: int) -> bool:
     return not inserted
 
 
+async def forget(conn: AsyncConnection, instance: str) -> None:
+    """Remove ``instance`` (a server stopping on purpose)."""
+    await conn.execute(sa.delete(instances).where(instances.c.instance == instance))
+
+
 async def forget_stale(conn: AsyncConnection, stale_before: int) -> list[str]:
     """Remove the instances silent since ``stale_before``; returns them."""
     gone = await conn.execute(
