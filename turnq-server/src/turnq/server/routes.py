@@ -303,7 +303,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     finally:
         state.hub.discard(stream)
         if not (stream.ticket_over or stream.replaced):
-            state.spawn(state.service.detach(name, request_id, attachment))
+            state.spawn(state.detach(name, request_id, attachment))
 
 
 @routes.get("/channels/{name}/observe")

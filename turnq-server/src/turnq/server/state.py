@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from turnq.core import Backend, EventBatch, TurnqError, TurnService
+from turnq.core import Backend, ErrorCode, EventBatch, TurnqError, TurnService
 from turnq.core.limits import SUBSCRIBE_WINDOW_MS
 
 from .auth import Authenticator
@@ -26,6 +26,8 @@ log = logging.getLogger("turnq.server")
 # started) when it has been silent this long. One write per process per interval, not one per ticket.
 HEARTBEAT_S = 1.0
 STALE_MS = 5_000
+# A closed stream's detach is retried this many times (backing off to 5 s) while the database is unreachable.
+DETACH_ATTEMPTS = 40
 
 
 class ServerState:
@@ -53,10 +55,30 @@ class ServerState:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    async def detach(self, channel: str, request_id: str, attachment: str) -> None:
+        """A stream closed: start its ticket's grace, retrying while the database is unreachable (otherwise
+        the ticket would stay attached to this live process and never be dropped)."""
+        delay = 0.2
+        for _ in range(DETACH_ATTEMPTS):
+            try:
+                await self.service.detach(channel, request_id, attachment)
+                return
+            except TurnqError as exc:
+                if exc.code is not ErrorCode.BACKEND_UNAVAILABLE:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        log.warning("gave up detaching a closed stream", extra={"channel": channel, "request_id": request_id})
+
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, TurnqError):
+            log.warning("background task failed: %s (%s)", exc.message, exc.code.value)
+        else:
+            log.error("background task failed", exc_info=exc)
 
     async def start(self) -> None:
         backend = self.service.backend
