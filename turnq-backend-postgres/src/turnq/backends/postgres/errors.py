@@ -18,6 +18,11 @@ _TRANSIENT_SERVER = (
     asyncpg.exceptions.TransactionRollbackError,  # deadlock detected, serialization failure
 )
 
+# An idle connection that received the server's FATAL (57P01 when PostgreSQL shuts down) before asyncpg processed
+# the socket's close still says is_closed() False, and its next statement fails inside asyncpg with "cannot switch
+# to state 15; another operation (2) is in progress": the connection is gone, whatever the message says.
+_DEAD_CONNECTION = (asyncpg.exceptions.InternalClientError,)
+
 
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError):
@@ -33,6 +38,7 @@ def is_unavailable(exc: BaseException) -> bool:
             asyncpg.exceptions.InterfaceError,
             sa.exc.TimeoutError,  # no pooled connection free in time
             *_TRANSIENT_SERVER,
+            *_DEAD_CONNECTION,
         ),
     )
 
@@ -47,6 +53,7 @@ def is_connection_lost(exc: BaseException) -> bool:
             asyncpg.exceptions.InterfaceError,
             asyncpg.exceptions.PostgresConnectionError,
             asyncpg.exceptions.OperatorInterventionError,
+            *_DEAD_CONNECTION,
         ),
     ) and not isinstance(exc, asyncpg.exceptions.QueryCanceledError)
 
