@@ -73,3 +73,19 @@ async def test_a_lost_notification_holds_a_channel_back_only_briefly(monkeypatch
     assert _order(recorder) == [1, 3, 4, 4]  # and a resync: batch 2 was lost
     assert [b.resync for b in recorder.batches] == [False, False, False, True]
     await feed.stop()
+
+
+@pytest.mark.parametrize("next_from", ["here", "there"])
+async def test_batches_held_before_a_reconnect_go_before_later_ones(next_from: str) -> None:
+    feed, recorder = _feed()
+    feed.local(7, 1, _batch(1))
+    feed.local(7, 3, _batch(3))  # 2 came from elsewhere while the listener was down: its NOTIFY is gone
+    feed._seen.clear()  # the listener reconnected (Feed._run): counting starts afresh
+    if next_from == "here":
+        feed.local(7, 4, _batch(4))
+    else:
+        _heard(feed, "there", 4)
+    # 3 waited for nothing that can still come: it goes first, then a resync (2 was lost), then 4
+    assert _order(recorder) == [1, 3, 3, 4]
+    assert [b.resync for b in recorder.batches] == [False, False, True, False]
+    await feed.stop()

@@ -143,6 +143,7 @@ class Feed:
             return
         seen = self._seen.get(channel_id)
         if seen is None or seen >= version - 1:
+            self._flush_before(channel_id, version)
             self._deliver(channel_id, version, batch)
             self._release_ready(channel_id)
             return
@@ -158,8 +159,25 @@ class Feed:
         self._ambiguous.add((channel_id, version))
 
     def _remote(self, env: Envelope) -> None:
+        self._flush_before(env.channel_id, env.version)
         self._deliver(env.channel_id, env.version, env.batch)
         self._release_ready(env.channel_id)
+
+    def _flush_before(self, channel_id: int, version: int) -> None:
+        """``version`` is about to be delivered: held batches before it wait for notifications that will never come
+        (they arrive in commit order, and those sent while the listener was reconnecting are gone), so they go
+        first, in order, followed by a resync for what was lost."""
+        held = self._held.get(channel_id)
+        if not held or min(held) >= version:
+            return
+        last = None
+        for v in sorted(v for v in held if v < version):
+            last = held.pop(v)
+            self._deliver(channel_id, v, last)
+        if not held:
+            self._forget_held(channel_id)
+        if last is not None and not last.deleted:
+            self._listeners.publish(replace(last, events=(), origin="", resync=True))
 
     def _deliver(self, channel_id: int, version: int, batch: EventBatch) -> None:
         self._listeners.publish(batch)
