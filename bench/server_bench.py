@@ -239,6 +239,16 @@ async def scenario_c(server: Server, waiters: int = 2000) -> Result:
     seconds = grants[-1] - t0
     cpu = server.stats.cpu_seconds() - cpu0
     tenth = waiters // 10
+    if os.environ.get("TURNQ_BENCH_TRACE"):
+        gaps = [1000 * (b - a) for a, b in zip([t0, *grants], grants, strict=False)]
+        big = sorted(range(len(gaps)), key=lambda i: -gaps[i])[:8]
+        print("largest gaps (index, ms):", [(i, round(gaps[i], 2)) for i in sorted(big)], file=sys.stderr)
+        print(
+            "median gap first/last 10%:",
+            statistics.median(gaps[:tenth]),
+            statistics.median(gaps[-tenth:]),
+            file=sys.stderr,
+        )
     first = tenth / (grants[tenth - 1] - t0)
     last = tenth / (grants[-1] - grants[-tenth - 1])
     return Result(

@@ -265,3 +265,30 @@ async def test_api_key_in_query_for_subscribe(server: Server) -> None:
         assert resp.status == 200
         line = await asyncio.wait_for(resp.content.readline(), 5)
         assert line == b"event: your-turn\n"
+
+
+async def test_deep_waiters_hear_their_positions_from_the_refresh() -> None:
+    """Past rank 64 a waiter is not told at once; the periodic refresh tells it its true position."""
+    async with running_server(make_config(position_refresh_s=0.3)) as server:
+        ch = await server.create("deep", leaseMs=60000)
+        rids = [(await server.enqueue(ch, f"c{i}"))[0] for i in range(80)]
+        deep = await server.subscribe(ch, "c75", rids[75])
+        near = await server.subscribe(ch, "c65", rids[65])
+        try:
+            assert await deep.expect("queued") == {"channel": ch, "requestId": rids[75], "position": 75}
+            assert await near.expect("queued") == {"channel": ch, "requestId": rids[65], "position": 65}
+            await server.release(ch, "c0", rids[0])
+            # 65 -> 64 is told at once; 75 -> 74 waits for the refresh.
+            assert await near.expect("position-updated") == {
+                "channel": ch,
+                "requestId": rids[65],
+                "position": 64,
+            }
+            assert await deep.expect("position-updated", timeout=5) == {
+                "channel": ch,
+                "requestId": rids[75],
+                "position": 74,
+            }
+        finally:
+            deep.close()
+            near.close()

@@ -10,9 +10,10 @@ that announce the change, and records the channel's nearest deadline. Invariants
   first and reported after.
 
 Position updates are coalesced: after a removal at rank ``r`` every ticket behind moves up one, but only the
-tickets whose new position is 1 or a power of four are told (``position-updated``). A turn therefore costs
-O(log depth) events instead of one per waiter, and a waiter is never told a wrong position, only at worst a
-stale (larger) one, as the protocol allows.
+tickets whose new position is 1, 4, 16 or 64 are told (``position-updated``); the server refreshes deeper
+waiters' positions every few seconds. A turn therefore costs a bounded number of events instead of one per
+waiter, and a waiter is never told a wrong position, only at worst a stale (larger) one, as the protocol
+allows.
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def notify_ranks(start: int, depth: int) -> list[int]:
-    """The ranks in ``[max(start, 1), depth)`` that are 1 or a power of four: who hears a new position.
+# The deepest rank told its new position at once after a removal (see notify_ranks).
+NOTIFY_MAX_RANK = 64
 
-    Powers of four rather than two: a waiter still hears its place shrink geometrically (…, 64, 16, 4, 1) and
-    always hears that it is next, while a handoff writes half as many frames.
+
+def notify_ranks(start: int, depth: int) -> list[int]:
+    """The ranks in ``[max(start, 1), depth)`` that hear a new position at once: 1, 4, 16 and 64.
+
+    A waiter hears its place shrink geometrically as it nears the front and always hears that it is next,
+    while a handoff writes at most four position frames however deep the line is, so a turn's cost does not
+    grow with depth. Waiters further back hear their positions from the server's periodic refresh instead.
     """
     ranks = []
     r = 1
-    while r < depth:
+    while r < depth and r <= NOTIFY_MAX_RANK:
         if r >= start:
             ranks.append(r)
         r <<= 2

@@ -16,6 +16,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEEPALIVE_S = 15.0
+DEFAULT_POSITION_REFRESH_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,7 @@ class ServerConfig:
     channel_defaults: dict[str, Any] = field(default_factory=dict)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     keepalive_s: float = DEFAULT_KEEPALIVE_S
+    position_refresh_s: float = DEFAULT_POSITION_REFRESH_S
     access_log: bool = False
     log_level: str = "INFO"
 
@@ -146,6 +148,7 @@ def build_config(
     cfg.channel_defaults = channel_defaults_from_toml(file.get("channel_defaults", {}))
     cfg.max_body_bytes = int(file.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
     cfg.keepalive_s = float(file.get("keepalive_seconds", DEFAULT_KEEPALIVE_S))
+    cfg.position_refresh_s = float(file.get("position_refresh_seconds", DEFAULT_POSITION_REFRESH_S))
     cfg.access_log = bool(file.get("access_log", False)) if access_log is None else access_log
     cfg.log_level = (log_level or str(file.get("log_level", "INFO"))).upper()
     cfg.check()

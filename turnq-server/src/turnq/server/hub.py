@@ -45,6 +45,7 @@ class Stream:
         "key",
         "replaced",
         "ticket_over",
+        "told",
         "turn_sent",
         "waiter",
     )
@@ -59,6 +60,7 @@ class Stream:
         self.ticket_over = False
         self.replaced = False
         self.turn_sent = False  # your-turn went out on this stream (it is sent once per subscription)
+        self.told: int | None = None  # the last position this stream was told
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -146,6 +148,8 @@ class Hub:
                     stream.push(encode_frame(event.name, event.data))
                     if event.name == "your-turn":
                         stream.turn_sent = True
+                    elif "position" in event.data:
+                        stream.told = event.data["position"]
                 elif "attachment" in event.data and event.data["attachment"] != stream.attachment:
                     # Another process's stream took this ticket over: end ours without starting a grace.
                     stream.replaced = True

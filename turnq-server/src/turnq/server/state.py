@@ -18,6 +18,7 @@ from .auth import Authenticator
 from .config import ServerConfig
 from .hub import Hub, Stream, encode_frame
 from .metrics import Metrics
+from .positions import PositionRefresher
 from .reaper import Reaper
 
 log = logging.getLogger("turnq.server")
@@ -38,6 +39,7 @@ class ServerState:
         self.hub = Hub()
         self.reaper = Reaper(self.service)
         self.metrics = Metrics(origin=backend.origin)
+        self.positions = PositionRefresher(self.service, self.hub, self.spawn, config.position_refresh_s)
         self.started = time.monotonic()
         self.instance = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
         self._attachments = itertools.count(1)
@@ -87,6 +89,7 @@ class ServerState:
         backend.add_listener(self.reaper.on_batch)
         backend.add_listener(self.hub.on_batch)
         backend.add_listener(self._on_resync)
+        backend.add_listener(self.positions.on_batch)
         now = self.service.clock()
         await backend.heartbeat(self.instance, now)
         if backend.durable:
@@ -156,6 +159,7 @@ class ServerState:
                     {"channel": stream.channel, "requestId": stream.key, "position": position},
                 )
             )
+            stream.told = position
 
     def _end_stream(self, stream: Stream) -> None:
         """The ticket ended while this process was not hearing about it: close its stream (a resubscribe
@@ -186,6 +190,13 @@ class ServerState:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         backend = self.service.backend
-        for listener in (self._on_resync, self.hub.on_batch, self.reaper.on_batch, self.metrics.on_batch):
+        self.positions.stop()
+        for listener in (
+            self.positions.on_batch,
+            self._on_resync,
+            self.hub.on_batch,
+            self.reaper.on_batch,
+            self.metrics.on_batch,
+        ):
             backend.remove_listener(listener)
         await backend.close()

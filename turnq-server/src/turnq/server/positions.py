@@ -1,0 +1,68 @@
+"""Position refresh for waiters deeper in line than the ranks told at once.
+
+The rules tell a waiter its new position only when it reaches 64, 16, 4 or 1 (so a handoff's cost does not grow
+with the depth of the line). Further back, positions are refreshed here: a channel whose line moved is read once,
+a few seconds later, and each waiting stream of this process that was told a larger position hears its true
+one. That costs one read of the line per busy channel every few seconds, not a frame per waiter per turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from turnq.core import EventBatch, TurnService
+
+from .hub import Hub, encode_frame
+
+
+class PositionRefresher:
+    def __init__(
+        self,
+        service: TurnService,
+        hub: Hub,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        interval_s: float,
+    ) -> None:
+        self.interval_s = interval_s
+        self.service = service
+        self.hub = hub
+        self.spawn = spawn
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def on_batch(self, batch: EventBatch) -> None:
+        channel = batch.channel
+        if batch.deleted:
+            timer = self._timers.pop(channel, None)
+            if timer is not None:
+                timer.cancel()
+            return
+        if not batch.events or channel in self._timers:
+            return
+        self._timers[channel] = asyncio.get_running_loop().call_later(self.interval_s, self._due, channel)
+
+    def _due(self, channel: str) -> None:
+        del self._timers[channel]
+        self.spawn(self.refresh(channel))
+
+    async def refresh(self, channel: str) -> None:
+        waiting = {s.key: s for s in self.hub.ticket_streams(channel) if not s.turn_sent}
+        if not waiting:
+            return
+        view = await self.service.queue_view(channel)
+        for position, ticket in enumerate(view.waiters, start=1):
+            stream = waiting.get(ticket.request_id)
+            if stream is not None and (stream.told is None or position < stream.told):
+                stream.push(
+                    encode_frame(
+                        "position-updated",
+                        {"channel": channel, "requestId": ticket.request_id, "position": position},
+                    )
+                )
+                stream.told = position
+
+    def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
