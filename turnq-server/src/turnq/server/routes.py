@@ -277,6 +277,10 @@ async def _pump(
     try:
         while frames := await stream_frames():
             await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
+    except ConnectionResetError:
+        # The client hung up while a frame was being written: the stream is over, as when it hangs up between
+        # frames (then the handler is cancelled). Re-raised, aiohttp would log it as a failed request.
+        pass
     finally:
         response.stop_streaming()
     return response
