@@ -24,9 +24,9 @@ per channel watches from replica C.
 Every test then checks, per channel: no ticket lost (every turn granted and released, no ``timeout`` event, the
 line empty at the end), no turn granted twice and no fencing token reused, hold intervals that never overlap,
 tokens strictly increasing in grant order, grants in enqueue order (a ticket whose enqueue was answered before
-another's was sent is granted first), and what the observer saw agrees. Finally every live replica still takes
-requests and still hears the others. Every wait is bounded; server logs stay in the test's ``tmp_path``
-(``replica-X-PORT.log``).
+another's was sent is granted first), and what the observer saw agrees (but not its order: see
+``check_observer``). Finally every live replica still takes requests and still hears the others. Every wait is
+bounded; server logs stay in the test's ``tmp_path`` (``replica-X-PORT.log``).
 """
 
 from __future__ import annotations
@@ -726,12 +726,8 @@ def running(
 
 
 def check_run(run: Run, *, database_up: bool = True, alive: tuple[int, ...] = (0, 1, 2)) -> None:
-    """Every invariant, per channel, plus: every replica that should be up still serves and hears.
-
-    With ``database_up`` false, 503 answers are expected, and the observers' events are not required to come in
-    grant order: right after a replica's LISTEN connection comes back, the first batch it commits on a channel can
-    be delivered before another replica's batch committed just before it (the feed does not know the channel's
-    version yet), so an observer may see one turn-started late."""
+    """Every invariant, per channel, plus: every replica that should be up still serves and hears. With
+    ``database_up`` false, 503 answers are expected."""
     shared = run.shared
     summary = run.summary()
     print(summary)
@@ -755,9 +751,12 @@ def check_run(run: Run, *, database_up: bool = True, alive: tuple[int, ...] = (0
         view = run.router.ok(first_alive, "GET", channel_path(channel, "queue"))
         assert view["depth"] == 0 and view["holder"] is None, view
         check_channel(channel, [t for t in turns if t.channel == channel])
+    late = 0
     for observer in run.observers:
-        token_of = {t.request_id: t.token for t in turns if t.channel == observer.channel}
-        check_observer(observer, token_of, ordered=database_up)
+        late += check_observer(
+            observer, {t.request_id: t.token for t in turns if t.channel == observer.channel}
+        )
+    print(f"observers saw {late} grants after a later one")
 
     # Events reach whichever replica holds the stream: many grants were delivered by a replica other than the
     # one that took the release that caused them.
@@ -791,9 +790,13 @@ def check_channel(channel: str, turns: list[Turn]) -> None:
                 assert a.token < b.token, f"{channel}: granted out of enqueue order:\n{a}\n{b}"
 
 
-def check_observer(observer: Observer, token_of: dict[str, int | None], *, ordered: bool = True) -> None:
-    """The observer saw a part of the turns (not those announced while it reconnected); what it saw agrees, and
-    (``ordered``) in grant order."""
+def check_observer(observer: Observer, token_of: dict[str, int | None]) -> int:
+    """The observer saw a part of the turns (not those announced while it reconnected); what it saw agrees.
+    Returns how many of the grants it saw came after a later one.
+
+    The order is not asserted: a replica delivers a batch it committed once it has read the COMMIT's answer, and
+    when it reads its LISTEN connection first, other replicas' later batches reach its observers before its own
+    (right after its LISTEN connection comes back, the first batch it commits on a channel can overtake too)."""
     grants = [d for n, d in observer.events if n == "turn-started"]
     assert grants, f"the observer of {observer.channel} saw no turn start"
     for grant in grants:
@@ -803,11 +806,10 @@ def check_observer(observer: Observer, token_of: dict[str, int | None], *, order
         )
     observed = [g["fencingToken"] for g in grants]
     assert len(observed) == len(set(observed)), f"{observer.channel}: a grant announced twice: {observed}"
-    if ordered:
-        assert observed == sorted(observed), f"{observer.channel}: tokens out of order: {observed}"
     completed = [d for n, d in observer.events if n == "turn-completed"]
     assert all(d["success"] for d in completed), [d for d in completed if not d["success"]]
     assert not [e for e in observer.events if e[0] in ("left", "timeout")], observer.events
+    return sum(1 for i, token in enumerate(observed) if token < max(observed[:i], default=0))
 
 
 def check_replicas_talk(router: Router, replicas: Replicas, alive: tuple[int, ...]) -> None:
