@@ -48,7 +48,9 @@ def _key(request: web.Request) -> ApiKey:
     return state_of(request).auth.identify(presented)
 
 
-def _channel(request: web.Request, key: ApiKey, *, admin: bool = False) -> str:
+def _channel(request: web.Request, *, admin: bool = False) -> str:
+    """The channel named in the path, once the caller's key is known to be valid and allowed to use it."""
+    key = _key(request)
     name = check_channel_name(request.match_info["name"], "channel name")
     Authenticator.require(key, admin=admin, channel=name)
     return name
@@ -138,23 +140,20 @@ async def list_channels(request: web.Request) -> web.Response:
 
 @routes.get("/channels/{name}")
 async def get_channel(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     return _json((await state_of(request).service.get_channel(name)).to_wire())
 
 
 @routes.delete("/channels/{name}")
 async def delete_channel(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key, admin=True)
+    name = _channel(request, admin=True)
     await _apply(request, state_of(request).service.delete_channel(name))
     return web.Response(status=NO_CONTENT)
 
 
 @routes.get("/channels/{name}/queue")
 async def queue(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     state = state_of(request)
     view = await state.service.queue_view(name)
     return _json(view.to_wire(state.service.clock()))
@@ -162,8 +161,7 @@ async def queue(request: web.Request) -> web.Response:
 
 @routes.delete("/channels/{name}/holder")
 async def force_release(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key, admin=True)
+    name = _channel(request, admin=True)
     await _apply(request, state_of(request).service.force_release(name))
     return web.Response(status=NO_CONTENT)
 
@@ -173,8 +171,7 @@ async def force_release(request: web.Request) -> web.Response:
 
 @routes.post("/channels/{name}/enqueue")
 async def enqueue(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
     request_id, position = await _apply(request, state_of(request).service.enqueue(name, client_id))
@@ -183,8 +180,7 @@ async def enqueue(request: web.Request) -> web.Response:
 
 @routes.post("/channels/{name}/release")
 async def release(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
     request_id = _request_id(body, required=True)
@@ -205,8 +201,7 @@ async def release(request: web.Request) -> web.Response:
 
 @routes.post("/channels/{name}/abort")
 async def abort(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
     request_id = _request_id(body, required=False)
@@ -216,8 +211,7 @@ async def abort(request: web.Request) -> web.Response:
 
 @routes.post("/channels/{name}/renew")
 async def renew(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
     request_id = _request_id(body, required=True)
@@ -229,8 +223,7 @@ async def renew(request: web.Request) -> web.Response:
 
 @routes.post("/channels/{name}/steps")
 async def steps(request: web.Request) -> web.Response:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
     request_id = _request_id(body, required=False)
@@ -288,8 +281,7 @@ async def _pump(
 
 @routes.get("/channels/{name}/subscribe")
 async def subscribe(request: web.Request) -> web.StreamResponse:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     client_id = check_text("clientId", request.query.get("clientId"), MAX_ID_LENGTH)
     request_id = check_text("requestId", request.query.get("requestId"), MAX_ID_LENGTH)
     assert client_id is not None and request_id is not None
@@ -312,8 +304,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/channels/{name}/observe")
 async def observe(request: web.Request) -> web.StreamResponse:
-    key = _key(request)
-    name = _channel(request, key)
+    name = _channel(request)
     state = state_of(request)
     stream = state.hub.open_observer_stream(name)
     try:
