@@ -95,7 +95,7 @@ def _postgres_container() -> Any:
 
 @pytest.fixture(scope="session")
 def postgres_server_dsn() -> Iterator[str]:
-    """A DSN of a PostgreSQL server this session may create databases on."""
+    """A DSN of a PostgreSQL server these tests may create databases on."""
     if "postgresql" not in backend_schemes():
         pytest.skip(
             "the PostgreSQL backend is not installed "
