@@ -11,22 +11,19 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from turnq.core import Backend, ErrorCode, EventBatch, TurnqError, TurnService
+from turnq.core import Backend, ErrorCode, TurnqError, TurnService
 from turnq.core.limits import SUBSCRIBE_WINDOW_MS
 
 from .auth import Authenticator
 from .config import ServerConfig
-from .hub import Hub, Stream, encode_frame
+from .hub import Hub
 from .metrics import Metrics
 from .positions import PositionRefresher
+from .presence import STALE_MS, Presence
 from .reaper import Reaper
 
 log = logging.getLogger("turnq.server")
 
-# Presence: each process says it is alive this often, and is taken for dead (its tickets detached, their grace
-# started) when it has been silent this long. One write per process per interval, not one per ticket.
-HEARTBEAT_S = 1.0
-STALE_MS = 5_000
 # A closed stream's detach is retried this many times (backing off to 5 s) while the database is unreachable.
 DETACH_ATTEMPTS = 40
 
@@ -46,6 +43,7 @@ class ServerState:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
         self._presence: asyncio.Task[None] | None = None
+        self.presence = Presence(self.service, self.hub, self.instance, self.spawn)
 
     def new_attachment(self) -> str:
         """A name for a subscriber stream, unique across processes and restarts."""
@@ -88,7 +86,7 @@ class ServerState:
         backend.add_listener(self.metrics.on_batch)
         backend.add_listener(self.reaper.on_batch)
         backend.add_listener(self.hub.on_batch)
-        backend.add_listener(self._on_resync)
+        backend.add_listener(self.presence.on_batch)
         backend.add_listener(self.positions.on_batch)
         now = self.service.clock()
         await backend.heartbeat(self.instance, now)
@@ -98,75 +96,7 @@ class ServerState:
             await backend.detach_stale(now, now - STALE_MS, SUBSCRIBE_WINDOW_MS, refresh_detached=True)
         await self.reaper.start()
         self._keepalive = asyncio.create_task(self._keepalive_loop(), name="turnq-keepalive")
-        self._presence = asyncio.create_task(self._presence_loop(), name="turnq-presence")
-
-    async def _presence_loop(self) -> None:
-        backend = self.service.backend
-        clock = self.service.clock
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            try:
-                now = clock()
-                if not await backend.heartbeat(self.instance, now):
-                    log.warning("this server had been taken for dead; re-attaching its open streams")
-                    for stream in self.hub.ticket_streams():
-                        self.spawn(self._reattach(stream))
-                await backend.detach_stale(now, now - STALE_MS, SUBSCRIBE_WINDOW_MS)
-            except TurnqError as exc:
-                log.warning("presence heartbeat failed (%s); retrying", exc.code.value)
-            except Exception:
-                log.exception("presence heartbeat failed; retrying")
-
-    async def _reattach(self, stream: Stream) -> None:
-        assert stream.key is not None
-        ticket, _, _ = await self.service.ticket_state(stream.channel, stream.key)
-        if ticket is None:
-            self._end_stream(stream)
-            return
-        await self.service.attach(
-            stream.channel, ticket.client_id, stream.key, stream.attachment, announce=False
-        )
-
-    def _on_resync(self, batch: EventBatch) -> None:
-        """The feed may have lost batches for this channel: bring this process's streams up to date."""
-        if batch.resync:
-            for stream in self.hub.ticket_streams(batch.channel):
-                self.spawn(self._refresh(stream))
-
-    async def _refresh(self, stream: Stream) -> None:
-        assert stream.key is not None
-        ticket, grant, position = await self.service.ticket_state(stream.channel, stream.key)
-        if ticket is None:
-            self._end_stream(stream)
-        elif grant is not None:
-            if not stream.turn_sent:
-                stream.turn_sent = True
-                stream.push(
-                    encode_frame(
-                        "your-turn",
-                        {
-                            "channel": stream.channel,
-                            "requestId": grant.request_id,
-                            "leaseExpiresAt": grant.lease_deadline,
-                            "fencingToken": grant.fencing_token,
-                        },
-                    )
-                )
-        else:
-            stream.push(
-                encode_frame(
-                    "position-updated",
-                    {"channel": stream.channel, "requestId": stream.key, "position": position},
-                )
-            )
-            stream.told = position
-
-    def _end_stream(self, stream: Stream) -> None:
-        """The ticket ended while this process was not hearing about it: close its stream (a resubscribe
-        will answer REQUEST_NOT_FOUND)."""
-        stream.ticket_over = True
-        stream.close()
-        self.hub.discard(stream)
+        self._presence = asyncio.create_task(self.presence.run(), name="turnq-presence")
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -193,7 +123,7 @@ class ServerState:
         self.positions.stop()
         for listener in (
             self.positions.on_batch,
-            self._on_resync,
+            self.presence.on_batch,
             self.hub.on_batch,
             self.reaper.on_batch,
             self.metrics.on_batch,

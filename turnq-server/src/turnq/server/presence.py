@@ -1,0 +1,107 @@
+"""Presence across server processes, and bringing streams up to date when events may have been missed.
+
+Each process says it is alive every second; one silent for five seconds is taken for dead by the others and the
+tickets whose streams it held start their grace (their clients resubscribe elsewhere and keep their places). A
+process that finds it was taken for dead re-attaches the streams it still holds. After a gap in the event feed
+(a batch marked ``resync``), each local stream of the channel is told where its ticket stands now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from turnq.core import EventBatch, TurnqError, TurnService
+from turnq.core.limits import SUBSCRIBE_WINDOW_MS
+
+from .hub import Hub, Stream, encode_frame
+
+log = logging.getLogger("turnq.server")
+
+# One write per process per interval, not one per ticket.
+HEARTBEAT_S = 1.0
+STALE_MS = 5_000
+
+
+class Presence:
+    def __init__(
+        self,
+        service: TurnService,
+        hub: Hub,
+        instance: str,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+    ) -> None:
+        self.service = service
+        self.hub = hub
+        self.instance = instance
+        self.spawn = spawn
+
+    async def run(self) -> None:
+        backend = self.service.backend
+        clock = self.service.clock
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                now = clock()
+                if not await backend.heartbeat(self.instance, now):
+                    log.warning("this server had been taken for dead; re-attaching its open streams")
+                    for stream in self.hub.ticket_streams():
+                        self.spawn(self._reattach(stream))
+                await backend.detach_stale(now, now - STALE_MS, SUBSCRIBE_WINDOW_MS)
+            except TurnqError as exc:
+                log.warning("presence heartbeat failed (%s); retrying", exc.code.value)
+            except Exception:
+                log.exception("presence heartbeat failed; retrying")
+
+    async def _reattach(self, stream: Stream) -> None:
+        assert stream.key is not None
+        ticket, _, _ = await self.service.ticket_state(stream.channel, stream.key)
+        if ticket is None:
+            self._end_stream(stream)
+            return
+        await self.service.attach(
+            stream.channel, ticket.client_id, stream.key, stream.attachment, announce=False
+        )
+
+    def on_batch(self, batch: EventBatch) -> None:
+        """The feed may have lost batches for this channel: bring this process's streams up to date."""
+        if batch.resync:
+            for stream in self.hub.ticket_streams(batch.channel):
+                self.spawn(self._refresh(stream))
+
+    async def _refresh(self, stream: Stream) -> None:
+        assert stream.key is not None
+        ticket, grant, position = await self.service.ticket_state(stream.channel, stream.key)
+        if ticket is None:
+            self._end_stream(stream)
+        elif grant is not None:
+            if not stream.turn_sent:
+                stream.turn_sent = True
+                stream.push(
+                    encode_frame(
+                        "your-turn",
+                        {
+                            "channel": stream.channel,
+                            "requestId": grant.request_id,
+                            "leaseExpiresAt": grant.lease_deadline,
+                            "fencingToken": grant.fencing_token,
+                        },
+                    )
+                )
+        else:
+            stream.push(
+                encode_frame(
+                    "position-updated",
+                    {"channel": stream.channel, "requestId": stream.key, "position": position},
+                )
+            )
+            stream.told = position
+
+    def _end_stream(self, stream: Stream) -> None:
+        """The ticket ended while this process was not hearing about it: close its stream (a resubscribe
+        will answer REQUEST_NOT_FOUND)."""
+        stream.ticket_over = True
+        stream.close()
+        self.hub.discard(stream)
