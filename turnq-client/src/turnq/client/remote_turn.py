@@ -236,18 +236,23 @@ class RemoteAsyncTurn(AsyncTurn):
             except ServerUnavailableError as exc:
                 log.debug("[turnq] stream on %r dropped: %s", self.channel, exc.message)
             except TurnqError as exc:
-                if exc.code in (ErrorCode.REQUEST_NOT_FOUND, ErrorCode.CHANNEL_NOT_FOUND):
+                if exc.code is ErrorCode.BACKEND_UNAVAILABLE:
+                    # The server answers but its database does not (a restart, a failover): the ticket is
+                    # still there; resubscribe like after a dropped stream, within the same time limit.
+                    log.debug("[turnq] server unavailable for %r: %s", self.channel, exc.message)
+                elif exc.code in (ErrorCode.REQUEST_NOT_FOUND, ErrorCode.CHANNEL_NOT_FOUND):
                     self._ticket_over("disconnected")
                     return
-                if self._closing:
-                    return
-                # Anything else (a revoked key, say) will not fix itself: wake whoever waits with it.
-                granted = self._granted
-                if granted is not None and not granted.done():
-                    granted.set_exception(exc)
                 else:
-                    self._state.mark_lost(exc.code.value.lower())
-                return
+                    if self._closing:
+                        return
+                    # Anything else (a revoked key, say) will not fix itself: wake whoever waits with it.
+                    granted = self._granted
+                    if granted is not None and not granted.done():
+                        granted.set_exception(exc)
+                    else:
+                        self._state.mark_lost(exc.code.value.lower())
+                    return
             if self._closing:
                 return
             self._client.endpoints.failed(url)
