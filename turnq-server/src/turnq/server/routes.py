@@ -6,11 +6,9 @@ the protocol's status (see ``errors.py`` in core and the middleware in ``app.py`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
@@ -30,7 +28,6 @@ from .auth import ApiKey, Authenticator
 from .hub import encode_json
 from .state import ServerState
 
-T = TypeVar("T")
 routes = web.RouteTableDef()
 NO_CONTENT = 204
 
@@ -83,14 +80,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=encode_json(data).encode(), status=status, content_type="application/json")
 
 
-async def _apply(request: web.Request, op: Awaitable[T]) -> T:
-    """Run a change to completion even if the caller hangs up mid-way: a durable backend's transaction is never
-    cut by a client's disconnect. (The memory backend's units cannot be interrupted once they hold the lock.)"""
-    if state_of(request).service.backend.durable:
-        return await asyncio.shield(op)
-    return await op
-
-
 # ---------------------------------------------------------------------- service
 
 
@@ -127,7 +116,7 @@ async def create_channel(request: web.Request) -> web.Response:
     body = await _body(request)
     spec = channel_spec_from_wire(body, state_of(request).config.channel_defaults)
     Authenticator.require(key, admin=True, channel=spec.name)
-    view = await _apply(request, state_of(request).service.create_channel(spec))
+    view = await state_of(request).service.create_channel(spec)
     return _json(view.to_wire(), status=201)
 
 
@@ -147,7 +136,7 @@ async def get_channel(request: web.Request) -> web.Response:
 @routes.delete("/channels/{name}")
 async def delete_channel(request: web.Request) -> web.Response:
     name = _channel(request, admin=True)
-    await _apply(request, state_of(request).service.delete_channel(name))
+    await state_of(request).service.delete_channel(name)
     return web.Response(status=NO_CONTENT)
 
 
@@ -162,7 +151,7 @@ async def queue(request: web.Request) -> web.Response:
 @routes.delete("/channels/{name}/holder")
 async def force_release(request: web.Request) -> web.Response:
     name = _channel(request, admin=True)
-    await _apply(request, state_of(request).service.force_release(name))
+    await state_of(request).service.force_release(name)
     return web.Response(status=NO_CONTENT)
 
 
@@ -174,7 +163,7 @@ async def enqueue(request: web.Request) -> web.Response:
     name = _channel(request)
     body = await _body(request)
     client_id = _client_id(body)
-    request_id, position = await _apply(request, state_of(request).service.enqueue(name, client_id))
+    request_id, position = await state_of(request).service.enqueue(name, client_id)
     return _json({"requestId": request_id, "position": position})
 
 
@@ -195,7 +184,7 @@ async def release(request: web.Request) -> web.Response:
             raise malformed("result.success must be a boolean")
         success = success_value
         error = check_text("result.error", result.get("error"), MAX_ERROR_LENGTH, required=False)
-    await _apply(request, state_of(request).service.release(name, client_id, request_id, success, error))
+    await state_of(request).service.release(name, client_id, request_id, success, error)
     return web.Response(status=NO_CONTENT)
 
 
@@ -205,7 +194,7 @@ async def abort(request: web.Request) -> web.Response:
     body = await _body(request)
     client_id = _client_id(body)
     request_id = _request_id(body, required=False)
-    await _apply(request, state_of(request).service.abort(name, client_id, request_id))
+    await state_of(request).service.abort(name, client_id, request_id)
     return web.Response(status=NO_CONTENT)
 
 
@@ -217,7 +206,7 @@ async def renew(request: web.Request) -> web.Response:
     request_id = _request_id(body, required=True)
     assert request_id is not None
     lease_ms = check_int("leaseMs", body.get("leaseMs"), 1, MAX_LEASE_MS)
-    deadline = await _apply(request, state_of(request).service.renew(name, client_id, request_id, lease_ms))
+    deadline = await state_of(request).service.renew(name, client_id, request_id, lease_ms)
     return _json({"leaseExpiresAt": deadline})
 
 
@@ -236,9 +225,7 @@ async def steps(request: web.Request) -> web.Response:
     if success is not None and not isinstance(success, bool):
         raise malformed("success must be a boolean")
     error = check_text("error", body.get("error"), MAX_ERROR_LENGTH, required=False)
-    await _apply(
-        request, state_of(request).service.step(name, client_id, step, phase, request_id, success, error)
-    )
+    await state_of(request).service.step(name, client_id, step, phase, request_id, success, error)
     return web.Response(status=NO_CONTENT)
 
 
@@ -290,7 +277,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     # Register before attaching, so no event committed after the attach can be missed.
     stream = state.hub.open_ticket_stream(name, request_id, attachment)
     try:
-        await _apply(request, state.service.attach(name, client_id, request_id, attachment))
+        await state.service.attach(name, client_id, request_id, attachment)
     except BaseException:
         state.hub.discard(stream)
         raise
