@@ -2,7 +2,8 @@
 
 A unit of work is an asyncio lock per channel. Tickets sit in a sorted map keyed by ``seq`` so rank lookups and
 removals from the middle of the line are O(log n); deadlines are kept in sorted indexes so the earliest one is
-O(1) to find.
+O(1) to find. :class:`ChannelState` and :class:`MemoryUnit` are public so that a durable backend serving one
+process can keep its working state the same way and add a journal (the SQLite backend does).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from .model import ChannelSpec, ChannelView, Event, EventBatch, Grant, Ticket
 from .store import Backend, ChannelUnit, Listener
 
 
-class _ChannelState:
+class ChannelState:
+    """One channel's line, holder and counters, with the indexes the unit's reads need."""
+
     __slots__ = (
         "by_client",
         "by_request",
@@ -51,11 +54,32 @@ class _ChannelState:
     def view(self) -> ChannelView:
         return ChannelView(self.spec, len(self.tickets), self.holder)
 
+    def add(self, ticket: Ticket) -> None:
+        """Put a ticket in the line and every index (its seq must be new)."""
+        self.tickets[ticket.seq] = ticket
+        self.by_client[ticket.client_id] = ticket
+        self.by_request[ticket.request_id] = ticket
+        if ticket.wait_deadline is not None:
+            self.wait_index.add((ticket.wait_deadline, ticket.seq))
+        if ticket.grace_deadline is not None:
+            self.grace_index.add((ticket.grace_deadline, ticket.seq))
+
+    def reindex(self) -> None:
+        """Rebuild the lookups and deadline indexes from ``tickets`` (after the line was put back wholesale)."""
+        line = list(self.tickets.values())
+        self.by_client.clear()
+        self.by_request.clear()
+        self.wait_index.clear()
+        self.grace_index.clear()
+        self.tickets.clear()
+        for ticket in line:
+            self.add(ticket)
+
 
 class MemoryUnit(ChannelUnit):
     __slots__ = ("_deadline", "_depth", "_events", "_graces", "_state")
 
-    def __init__(self, state: _ChannelState) -> None:
+    def __init__(self, state: ChannelState) -> None:
         self._state = state
         self.spec = state.spec
         self._events: list[Event] = []
@@ -89,6 +113,7 @@ class MemoryUnit(ChannelUnit):
         return self._track(self._state.by_request.get(request_id))
 
     def _track(self, ticket: Ticket | None) -> Ticket | None:
+        """Every stored ticket the rules are handed passes here first, before they can change it."""
         if ticket is not None and ticket.seq not in self._graces:
             self._graces[ticket.seq] = ticket.grace_deadline
         return ticket
@@ -112,14 +137,7 @@ class MemoryUnit(ChannelUnit):
         return list(self._state.tickets.values())
 
     async def push(self, ticket: Ticket) -> None:
-        s = self._state
-        s.tickets[ticket.seq] = ticket
-        s.by_client[ticket.client_id] = ticket
-        s.by_request[ticket.request_id] = ticket
-        if ticket.wait_deadline is not None:
-            s.wait_index.add((ticket.wait_deadline, ticket.seq))
-        if ticket.grace_deadline is not None:
-            s.grace_index.add((ticket.grace_deadline, ticket.seq))
+        self._state.add(ticket)
         self._graces[ticket.seq] = ticket.grace_deadline
 
     async def remove(self, ticket: Ticket) -> None:
@@ -175,7 +193,7 @@ class MemoryBackend(Backend):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._channels: dict[str, _ChannelState] = {}
+        self._channels: dict[str, ChannelState] = {}
         self._listeners: list[Listener] = []
 
     async def open(self) -> None:
@@ -187,7 +205,7 @@ class MemoryBackend(Backend):
     async def create_channel(self, spec: ChannelSpec) -> None:
         if spec.name in self._channels:
             raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
-        self._channels[spec.name] = _ChannelState(spec)
+        self._channels[spec.name] = ChannelState(spec)
 
     async def get_channel(self, name: str) -> ChannelView | None:
         state = self._channels.get(name)

@@ -1,14 +1,17 @@
 """The SQLite backend (``sqlite:///path/to/turnq.db``): durable and embedded, for one server process.
 
-One writing connection, held for the backend's life, carries every unit of work: ``BEGIN IMMEDIATE``, the
-channel row and a probe of its tickets in one trip to the connection's thread, reads the unit's caches cannot
-answer, then every pending write and ``COMMIT`` in one more trip, which also begins the next waiting unit
-(:mod:`.admission` hands the connection from unit to unit, one at a time). Views (``get_channel``, ``list_channels``, ``deadlines``) read through SQLAlchemy on other connections,
-which WAL lets run beside the writer.
+One process serves a SQLite file (:mod:`.lock` makes sure), so the file need not be read to decide anything: the
+backend loads the whole store when it opens and keeps it in memory as the memory backend does, and the file is
+its journal. A unit runs the rules against memory (:class:`~.unit.JournalUnit` records what it changed), hands
+the matching SQL to the :class:`~.journal.Journal`, and is done when that is committed; nothing is published, and
+no caller answered, before its commit. Units ending together share one transaction (group commit), so a busy
+server commits far less often than it changes state, and a turn costs no read of the file at all.
 
-Events are published to this process's listeners after the commit. Other processes that open the same file
-share its state but not its events, so SQLite serves one ``turnq serve`` at a time; use PostgreSQL to run
-several.
+A commit that fails (the disk, another program holding the file's write lock past the busy timeout) fails its
+units with 503 and every unit behind them; the backend then reloads its state from the file, which holds exactly
+what was committed, and the server re-attaches its streams and brings them up to date.
+
+Events go to this process's listeners only; use PostgreSQL to run several servers on one store.
 """
 
 from __future__ import annotations
@@ -27,11 +30,9 @@ import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from turnq.backends.sql import ListenerSet, SqlUnit, views
-from turnq.backends.sql.line import PROBE_RANKS
-from turnq.backends.sql.rows import ChannelRow, channel_from_row, spec_params, ticket_from_row
+from turnq.backends.sql import ListenerSet
+from turnq.backends.sql.rows import channel_from_row, nearest, ticket_from_row
 from turnq.backends.sql.schema import migrate
-from turnq.backends.sql.unit import PROBE_FOUND, PROBE_GRACE, PROBE_LINE, PROBE_LINE_FROM_END, PROBE_WAIT
 from turnq.core import (
     Backend,
     ChannelSpec,
@@ -42,21 +43,24 @@ from turnq.core import (
     Listener,
     TurnqError,
     redact_url,
+    wall_ms,
 )
+from turnq.core.limits import SUBSCRIBE_WINDOW_MS
 
 from . import statements as q
-from .admission import Admission, Outcome, raise_outcome
-from .unit import SqliteUnit, write_unit
+from .journal import Journal
+from .lock import StoreLock
+from .unit import JournalUnit, StoredChannel
 from .url import parse_sqlite_url
 from .writer import Writer, rollback, unavailable
 
 log = logging.getLogger("turnq.backends.sqlite")
 
-_WRITER = "turnq_writer"
+Rows = list[Sequence[Any]]
 
 
 class SqliteBackend(Backend):
-    """State in one SQLite file in WAL mode; events in process."""
+    """State in memory, journaled to one SQLite file in WAL mode; events in process."""
 
     name = "sqlite"
     durable = True
@@ -64,11 +68,19 @@ class SqliteBackend(Backend):
     def __init__(self, url: str) -> None:
         self.url = url
         self.options = parse_sqlite_url(url)
+        self._lock = StoreLock(self.options.path)
         self._engine: AsyncEngine | None = None
         self._writer_conn: AsyncConnection | None = None
         self._writer: Writer | None = None
+        self._journal: Journal | None = None
         self._listeners = ListenerSet()
-        self._admission: Admission | None = None
+        self._channels: dict[str, StoredChannel] = {}
+        self._next_id = 1
+        # Set when a commit failed: memory is ahead of the file until the state is reloaded.
+        self._broken: TurnqError | None = None
+        self._reloading = asyncio.Lock()
+        # After a reload every ticket is detached; the next heartbeat says so, and the server re-attaches.
+        self._detached_all = False
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- lifecycle
@@ -80,7 +92,7 @@ class SqliteBackend(Backend):
 
         @event.listens_for(engine.sync_engine, "connect")
         def _connect(dbapi_conn: Any, record: Any) -> None:
-            # turnq issues BEGIN itself (below and in the unit), so the driver must not open transactions.
+            # turnq issues BEGIN itself, so the driver must not open transactions.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(busy)}")
@@ -89,8 +101,8 @@ class SqliteBackend(Backend):
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            # The writer takes the write lock up front, so a transaction never fails to upgrade halfway.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITER) else "BEGIN")
+            # Take the write lock up front, so a migration never fails to upgrade its lock halfway.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
 
@@ -98,21 +110,21 @@ class SqliteBackend(Backend):
         if self._writer is not None:
             return
         await asyncio.to_thread(_ensure_directory, self.options.path)
+        await asyncio.to_thread(self._lock.acquire)
         engine = self._make_engine()
         try:
             conn = await engine.connect()
-            conn.info[_WRITER] = True
             raw = await conn.get_raw_connection()
             self._engine, self._writer_conn = engine, conn
             assert isinstance(raw.driver_connection, aiosqlite.Connection)
-            self._writer = Writer(raw.driver_connection)
-            self._admission = Admission(self._writer)
-            # WAL lets views read beside the writer and makes a commit one append; it is a property of the
-            # file, set outside any transaction.
-            mode = await self._writer.run(lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            writer = self._writer = Writer(raw.driver_connection)
+            # WAL makes a commit one append to the log; it is a property of the file, set outside a transaction.
+            mode = await writer.run(lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 log.warning("SQLite at %s runs in %s mode, not WAL", redact_url(self.url), mode)
             self.migrated = await self._migrate()
+            self._load(*await writer.run(_read_store))
+            self._journal = Journal(writer, self._listeners.publish, self._commit_failed)
         except BaseException:
             await self.close()
             await engine.dispose()
@@ -121,7 +133,7 @@ class SqliteBackend(Backend):
     async def upgrade(self) -> tuple[int, int]:
         """Apply the schema's forward migrations (``open`` does this too); returns (version before, after)."""
         if self._writer is not None:
-            return await self._migrate()
+            return self.migrated
         await self.open()
         try:
             return self.migrated
@@ -129,9 +141,8 @@ class SqliteBackend(Backend):
             await self.close()
 
     async def _migrate(self) -> tuple[int, int]:
-        conn, admission = self._writer_conn, self._admission
-        assert conn is not None and admission is not None
-        await admission.enter(_nothing)
+        conn = self._writer_conn
+        assert conn is not None
         try:
             async with conn.begin():
                 result: tuple[int, int] = await conn.run_sync(
@@ -139,123 +150,165 @@ class SqliteBackend(Backend):
                 )
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from exc
-        finally:
-            admission.leave(None)
         if result[0] != result[1]:
             log.info("migrated %s from schema %d to %d", redact_url(self.url), *result)
         return result
 
     async def close(self) -> None:
-        if self._admission is not None:
-            await self._admission.wait_idle()
+        if self._journal is not None:
+            await self._journal.wait_idle()
         conn, engine = self._writer_conn, self._engine
-        self._writer = self._writer_conn = self._engine = self._admission = None
+        self._writer = self._writer_conn = self._engine = self._journal = None
+        self._channels = {}
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
         if engine is not None:
             await engine.dispose()
+        self._lock.release()
 
     def _open_writer(self) -> Writer:
         if self._writer is None:
             raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
         return self._writer
 
-    def _open_admission(self) -> Admission:
-        if self._admission is None:
+    def _open_journal(self) -> Journal:
+        if self._journal is None:
             raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
-        return self._admission
+        return self._journal
 
-    def _open_engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
-        return self._engine
+    # ---------------------------------------------------------------- the state in memory
+
+    def _load(self, channel_rows: Rows, ticket_rows: Rows) -> None:
+        by_id: dict[int, StoredChannel] = {}
+        for r in channel_rows:
+            row = channel_from_row(r)
+            state = StoredChannel(row.spec, row.id)
+            state.fencing, state.seq, state.version, state.holder = (
+                row.fencing,
+                row.seq,
+                row.version,
+                row.holder,
+            )
+            by_id[row.id] = state
+        for r in ticket_rows:
+            owner = by_id.get(r[0])
+            if owner is not None:
+                owner.add(ticket_from_row(r, 1))
+        for old in self._channels.values():
+            old.stale = True
+        self._channels = {s.spec.name: s for s in by_id.values()}
+        self._next_id = max(by_id, default=0) + 1
+
+    def _commit_failed(self, error: TurnqError) -> None:
+        log.error("a commit to %s failed; reloading from the file: %s", redact_url(self.url), error.message)
+        self._broken = error
+        for state in self._channels.values():
+            state.stale = True
+
+    async def _ready(self) -> None:
+        """Reload the state from the file if a commit failed since it was loaded (once, for every waiter)."""
+        if self._broken is None:
+            return
+        async with self._reloading:
+            if self._broken is None:
+                return
+            writer = self._writer
+            if writer is None:
+                raise TurnqError(ErrorCode.BACKEND_UNAVAILABLE, "the SQLite backend is not open")
+            self._load(*await writer.run(_read_store))
+            self._broken = None
+            self._detach_all(wall_ms(), SUBSCRIBE_WINDOW_MS)
+            self._detached_all = True
+            for name, state in self._channels.items():
+                self._listeners.publish(
+                    EventBatch(name, (), _nearest_deadline(state), len(state.tickets), resync=True)
+                )
+            log.warning("reloaded %s after a failed commit", redact_url(self.url))
+
+    def _detach_all(self, now: int, min_window_ms: int) -> None:
+        for state in self._channels.values():
+            window = max(state.spec.grace_ms, min_window_ms)
+            for ticket in state.tickets.values():
+                ticket.attachment = None
+                ticket.grace_deadline = now + window
+            state.reindex()
 
     # ---------------------------------------------------------------- channels
 
     async def create_channel(self, spec: ChannelSpec) -> None:
-        params = spec_params(spec)
-
-        def insert(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute(q.INSERT_CHANNEL, params)
-            except sqlite3.IntegrityError:
-                c.execute("ROLLBACK")
-                return False
-            except BaseException:
-                rollback(c)
-                raise
-            c.execute("COMMIT")
-            return True
-
-        admission = self._open_admission()
-        created = await admission.enter(insert)
-        admission.leave(None)
-        if not created:
+        journal = self._open_journal()
+        await self._ready()
+        if spec.name in self._channels:
             raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
-
-    async def _read(self, stmt: sa.Executable) -> list[Sequence[Any]]:
-        try:
-            async with self._open_engine().connect() as conn:
-                return list((await conn.execute(stmt)).all())
-        except sa.exc.OperationalError as exc:
-            raise unavailable(exc) from exc
+        state = StoredChannel(spec, self._next_id)
+        self._next_id += 1
+        self._channels[spec.name] = state
+        params = (state.id, spec.name, spec.lease_ms, spec.max_depth, spec.max_wait_ms, spec.grace_ms)
+        done = journal.submit([(q.INSERT_CHANNEL, (*params, spec.created_at))], None)
+        if done is not None:
+            await done
 
     async def get_channel(self, name: str) -> ChannelView | None:
-        rows = await self._read(views.select_channel(name))
-        return views.channel_views(rows)[0] if rows else None
+        self._open_journal()
+        await self._ready()
+        state = self._channels.get(name)
+        return state.view() if state is not None and not state.deleted else None
 
     async def list_channels(self) -> list[ChannelView]:
-        return views.channel_views(await self._read(views.select_channels()))
+        self._open_journal()
+        await self._ready()
+        return [s.view() for _, s in sorted(self._channels.items()) if not s.deleted]
 
     # ---------------------------------------------------------------- units
 
     def unit(self, channel: str) -> AbstractAsyncContextManager[ChannelUnit]:
-        return self._unit(channel, None, None)
+        return self._unit(channel)
 
-    def unit_for_ticket(
-        self, channel: str, *, client_id: str | None = None, request_id: str | None = None
-    ) -> AbstractAsyncContextManager[ChannelUnit]:
-        return self._unit(channel, client_id, request_id)
+    async def _locked(self, channel: str) -> StoredChannel:
+        """The channel's current state, its lock held."""
+        while True:
+            if self._broken is not None:
+                await self._ready()
+            state = self._channels.get(channel)
+            if state is None:
+                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+            await state.lock.acquire()
+            if state.deleted:
+                state.lock.release()
+                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+            if not state.stale:
+                return state
+            state.lock.release()  # reloaded while we waited: start again on the new state
 
     @asynccontextmanager
-    async def _unit(
-        self, channel: str, client_id: str | None, request_id: str | None
-    ) -> AsyncIterator[ChannelUnit]:
-        writer, admission = self._open_writer(), self._open_admission()
-        row, probe = await admission.enter(lambda c: _begin(c, channel, client_id, request_id))
-        error: BaseException | None = None
+    async def _unit(self, channel: str) -> AsyncIterator[ChannelUnit]:
+        journal = self._open_journal()
+        state = await self._locked(channel)
         try:
-            probed = [(kind, rank, ticket_from_row(r)) for kind, rank, r in probe]
-            unit = SqliteUnit(writer, channel_from_row(row), probed, client_id, request_id)
-            yield unit
-        except BaseException as exc:
-            error = exc
-        if error is not None:
-            ending = admission.leave(rollback)
-        else:
-            ending = admission.leave(
-                lambda c: _write_and_commit(c, unit), after=lambda done: self._publish(unit, done)
-            )
-        # The connection is the next unit's once this trip is done; the batch is published before that, so in
-        # commit order. A cancellation here does not stop the trip (or the publishing).
-        done = await asyncio.shield(ending)
-        if error is not None:
-            raise error
-        raise_outcome(done)
-
-    def _publish(self, unit: SqlUnit, done: Outcome) -> None:
-        if done[0] and (unit.events or unit.concluded):
-            self._listeners.publish(
-                EventBatch(
-                    unit.row.spec.name,
-                    tuple(unit.events),
-                    unit.next_deadline,
-                    unit.depth_after,
-                    deleted=unit.deleted,
-                )
-            )
+            unit = JournalUnit(state)
+            try:
+                yield unit
+            except BaseException:
+                unit.undo()
+                raise
+            if state.stale:  # a commit failed while the body ran: what it saw was never on disk
+                unit.undo()
+                raise self._broken or unavailable(RuntimeError("the store was reloaded"))
+            writes = unit.writes()
+            batch = None
+            if unit.events or unit.concluded:
+                deadline, depth = unit.batch_fields()
+                batch = EventBatch(channel, tuple(unit.events), deadline, depth, deleted=state.deleted)
+            if state.deleted:
+                self._channels.pop(channel, None)
+            done = journal.submit(writes, batch)
+        finally:
+            state.lock.release()
+        # The next unit on the channel may run now, on what this one left; the journal commits them in order.
+        # If this caller is cancelled while waiting, the commit (and the publishing) goes on without it.
+        if done is not None:
+            await done
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.add(listener)
@@ -266,77 +319,48 @@ class SqliteBackend(Backend):
     # ---------------------------------------------------------------- whole-store operations
 
     async def deadlines(self) -> dict[str, int]:
-        return views.deadlines_from_rows(await self._read(views.select_deadlines()))
+        self._open_journal()
+        await self._ready()
+        out = {}
+        for name, state in self._channels.items():
+            deadline = _nearest_deadline(state)
+            if deadline is not None:
+                out[name] = deadline
+        return out
 
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
-        def restart(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute(q.RESTART_GRACE_TICKETS, (now, min_window_ms))
-                c.execute(q.RESTART_GRACE_CHANNELS)
-                c.execute("COMMIT")
-            except BaseException:
-                rollback(c)
-                raise
+        self._open_journal()
+        await self._ready()
+        self._detach_all(now, min_window_ms)
 
-        admission = self._open_admission()
-        await admission.enter(restart)
-        admission.leave(None)
+    async def heartbeat(self, instance: str, now: int) -> bool:
+        detached, self._detached_all = self._detached_all, False
+        return not detached
 
 
-def _begin(
-    c: sqlite3.Connection, channel: str, client_id: str | None, request_id: str | None
-) -> tuple[Any, list[tuple[int, int, Any]]]:
-    """A unit's start: the write lock, the channel row and the probe of its tickets (rows, not yet Tickets)."""
-    rollback(c)  # defensive: a transaction must never leak from one unit into the next
-    c.execute("BEGIN IMMEDIATE")
+def _nearest_deadline(state: StoredChannel) -> int | None:
+    """The holder's lease, the earliest wait deadline of a waiter, the earliest grace (what the rules use)."""
+    holder = state.holder
+    lease = holder.lease_deadline if holder is not None else None
+    holder_ticket = state.by_request.get(holder.request_id) if holder is not None else None
+    wait = None
+    for deadline, seq in state.wait_index.islice(0, 2):
+        if holder_ticket is None or seq != holder_ticket.seq:
+            wait = int(deadline)
+            break
+    grace = int(state.grace_index[0][0]) if state.grace_index else None
+    return nearest(lease, wait, grace)
+
+
+def _read_store(c: sqlite3.Connection) -> tuple[Rows, Rows]:
+    """Every channel and ticket, from one snapshot (runs on the writer's thread)."""
+    rollback(c)
+    c.execute("BEGIN")
     try:
-        row = c.execute(q.SELECT_CHANNEL, (channel,)).fetchone()
-        if row is None:
-            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
-        return row, _probe(c, channel_from_row(row), client_id, request_id)
-    except BaseException:
-        rollback(c)
-        raise
-
-
-def _nothing(c: sqlite3.Connection) -> None:
-    return None
-
-
-def _probe(
-    c: sqlite3.Connection, row: ChannelRow, client_id: str | None, request_id: str | None
-) -> list[tuple[int, int, Any]]:
-    """The probe's rows as ``(kind, rank, raw ticket row)`` (see SqlUnit), skipping what the channel row
-    already answers: no tickets, nobody in grace, no maximum wait, a line short enough to read whole."""
-    if row.ticket_count == 0:
-        return []
-    cid = row.id
-    front = c.execute(q.FRONT, (cid,)).fetchall()
-    whole = len(front) >= row.ticket_count
-    out = [(PROBE_LINE, r, t) for r, t in enumerate(front) if whole or r in PROBE_RANKS]
-    if not whole:
-        out += [(PROBE_LINE_FROM_END, r, t) for r, t in enumerate(c.execute(q.TAIL, (cid,)))]
-        if client_id is not None:
-            out += [(PROBE_FOUND, 0, t) for t in c.execute(q.FIND_BY_CLIENT, (cid, client_id))]
-        if request_id is not None:
-            out += [(PROBE_FOUND, 0, t) for t in c.execute(q.FIND_BY_REQUEST, (cid, request_id))]
-    if row.graced_count:
-        out += [(PROBE_GRACE, 0, t) for t in c.execute(q.GRACES, (cid,))]
-    if row.spec.max_wait_ms is not None:
-        out += [(PROBE_WAIT, 0, t) for t in c.execute(q.WAITS, (cid,))]
-    return out
+        return c.execute(q.ALL_CHANNELS).fetchall(), c.execute(q.ALL_TICKETS).fetchall()
+    finally:
+        c.execute("ROLLBACK")
 
 
 def _ensure_directory(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-
-def _write_and_commit(c: sqlite3.Connection, unit: SqlUnit) -> None:
-    try:
-        if unit.changed:
-            write_unit(c, unit)
-        c.execute("COMMIT")
-    except BaseException:
-        rollback(c)
-        raise
