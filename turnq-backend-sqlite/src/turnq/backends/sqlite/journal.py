@@ -69,14 +69,17 @@ class Journal:
     def submit(self, writes: list[Write], batch: EventBatch | None) -> asyncio.Future[None] | None:
         """Hand in a unit's writes and batch; returns a future that is done once they are committed and
         published, or None if there was nothing to wait for (no writes, nothing ahead: published already)."""
-        if not writes and self._in_flight is None:
+        if not writes and self._in_flight is None and not self._pending:
             if batch is not None:
                 self._publish(batch)
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._in_flight is None and not self._pending:
+            # Send at the end of this turn of the event loop, so units ending in the same turn share the commit.
+            self._idle.clear()
+            loop.call_soon(self._send)
         self._pending.append(Entry(writes, batch, future))
-        if self._in_flight is None:
-            self._send()
         return future
 
     async def wait_idle(self) -> None:
@@ -85,8 +88,10 @@ class Journal:
     def _send(self) -> None:
         entries, self._pending = self._pending, []
         groups = [e.writes for e in entries if e.writes]
+        if not groups:
+            self._committed(entries)
+            return
         self._in_flight = entries
-        self._idle.clear()
         trip = asyncio.ensure_future(self._writer.run(lambda c: commit_writes(c, groups)))
         trip.add_done_callback(self._arrived)
 
@@ -95,9 +100,7 @@ class Journal:
         self._in_flight = None
         error = None if trip.cancelled() else trip.exception()
         if trip.cancelled() or error is not None:
-            failure = (
-                error if isinstance(error, TurnqError) else unavailable(error or asyncio.CancelledError())
-            )
+            failure = error if isinstance(error, TurnqError) else unavailable(error or asyncio.CancelledError())
             for entry in (*entries, *self._pending):
                 if not entry.future.done():
                     entry.future.set_exception(failure)
@@ -105,17 +108,14 @@ class Journal:
             self._idle.set()
             self._failed(failure)
             return
+        self._committed(entries)
+
+    def _committed(self, entries: list[Entry]) -> None:
+        """Publish and answer committed entries in order, then send what gathered meanwhile."""
         for entry in entries:
             if entry.batch is not None:
                 self._publish(entry.batch)
             if not entry.future.done():  # its unit's caller may have gone; the commit stands
-                entry.future.set_result(None)
-        while self._pending and not self._pending[0].writes:
-            # Units that wrote nothing need no trip: publish them in their place.
-            entry = self._pending.pop(0)
-            if entry.batch is not None:
-                self._publish(entry.batch)
-            if not entry.future.done():
                 entry.future.set_result(None)
         if self._pending:
             self._send()
