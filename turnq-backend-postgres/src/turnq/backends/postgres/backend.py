@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from turnq.backends.sql import ListenerSet, SqlUnit, views
+from turnq.backends.sql import ListenerSet, views
 from turnq.backends.sql.rows import N_CHANNEL, channel_from_row, spec_params
 from turnq.backends.sql.schema import channels, migrate, tickets
 from turnq.core import (
@@ -48,6 +48,7 @@ from . import presence
 from . import statements as q
 from .errors import is_connection_lost, is_unavailable, unavailable
 from .feed import Feed
+from .group import Group
 from .payload import Envelope, encode
 from .unit import PostgresUnit, probe_rows
 from .url import parse_postgres_url
@@ -75,6 +76,9 @@ class PostgresBackend(Backend):
         self._listeners = ListenerSet()
         self._feed: Feed | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._queued: dict[str, int] = {}  # units waiting for each channel's lock
+        self._groups: dict[str, Group] = {}  # open transactions handed from one unit to the next
+        self._orphans: set[asyncio.Task[None]] = set()
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- connections
@@ -228,20 +232,90 @@ class PostgresBackend(Backend):
     async def _unit(
         self, channel: str, client_id: str | None, request_id: str | None
     ) -> AsyncIterator[ChannelUnit]:
-        async with self._lock_for(channel):
-            held = await self._begin()
-            try:
+        lock = self._lock_for(channel)
+        self._queued[channel] = self._queued.get(channel, 0) + 1
+        try:
+            await lock.acquire()
+        except asyncio.CancelledError:
+            self._gave_up_waiting(channel, lock)
+            raise
+        finally:
+            self._leave_queue(channel)
+        handed_over: asyncio.Future[None] | None = None
+        try:
+            group = self._groups.pop(channel, None)
+            if group is None:
+                held = await self._begin()
                 try:
                     unit = await self._lock_and_probe(held[1], channel, client_id, request_id)
-                    yield unit
-                except BaseException as exc:
+                except BaseException:
                     await _complete(self._rollback(held))
-                    if isinstance(exc, Exception) and is_unavailable(exc):
-                        raise unavailable(exc) from exc
+                    await self._release(held)
                     raise
-                await _complete(self._commit(held, unit))
-            finally:
-                await self._release(held)
+                group = Group(unit, self.origin, held)
+            else:
+                group.unit.carry_on()
+            unit = group.unit
+            before = unit.fingerprint()
+            try:
+                yield unit
+            except BaseException as exc:
+                if isinstance(exc, TurnqError) and unit.fingerprint() == before:
+                    # Rejected by the rules, which change nothing first: the group goes on without this unit.
+                    unit.events.clear()
+                    unit.concluded = False
+                    with contextlib.suppress(Exception):  # the others hear of a failed commit themselves
+                        await self._end_turn_of(channel, group, wait=False)
+                    raise
+                await _complete(self._abandon(group, exc))
+                if isinstance(exc, Exception) and is_unavailable(exc):
+                    raise unavailable(exc) from exc
+                raise
+            group.close_unit(unit.fingerprint() != before)
+            handed_over = await self._end_turn_of(channel, group)
+        finally:
+            if lock.locked():
+                lock.release()
+        if handed_over is not None:
+            # The next unit of the channel carries the transaction on; the last one commits for all.
+            await handed_over
+
+    def _leave_queue(self, channel: str) -> None:
+        n = self._queued.get(channel, 0) - 1
+        if n > 0:
+            self._queued[channel] = n
+        else:
+            self._queued.pop(channel, None)
+
+    async def _end_turn_of(
+        self, channel: str, group: Group, *, wait: bool = True
+    ) -> asyncio.Future[None] | None:
+        """A unit of ``group`` is done: hand the open transaction to the next unit waiting for the channel, or
+        commit the group. Returns the future to wait on when handed over (None once committed)."""
+        if self._queued.get(channel) and not group.full:
+            self._groups[channel] = group
+            if not wait:
+                return None
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            group.waiting.append(future)
+            return future
+        await _complete(self._commit(group))
+        return None
+
+    def _gave_up_waiting(self, channel: str, lock: asyncio.Lock) -> None:
+        """A unit stopped waiting for the channel. If an open group was handed over to the queue it was in and
+        nobody is left to carry it on, commit it from a task of its own."""
+        if channel in self._groups and self._queued.get(channel, 0) <= 1:
+            task = asyncio.ensure_future(self._commit_orphan(channel, lock))
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
+
+    async def _commit_orphan(self, channel: str, lock: asyncio.Lock) -> None:
+        async with lock:
+            group = self._groups.pop(channel, None)
+            if group is not None:
+                with contextlib.suppress(Exception):
+                    await self._commit(group)
 
     async def _begin(self) -> Held:
         """A connection with a transaction begun. One that turns out dead at its first statement (the server
@@ -309,42 +383,56 @@ class PostgresBackend(Backend):
         with contextlib.suppress(Exception):
             await sa_conn.invalidate()
 
-    async def _commit(self, held: Held, unit: SqlUnit) -> None:
-        conn = held[1]
-        batch = None
-        if unit.events or unit.concluded:
-            batch = EventBatch(
-                unit.row.spec.name,
-                tuple(unit.events),
-                unit.next_deadline,
-                unit.depth_after,
-                origin=self.origin,
-                deleted=unit.deleted,
-            )
-        changed = unit.changed
-        version: int | None = None
-        payloads: list[str] = []
-        if batch is not None and (batch.events or changed):
-            unit.row.version += 1
-            version = unit.row.version
-            payloads = encode(Envelope(self.origin, unit.row.id, version, batch))
+    async def _commit(self, group: Group) -> None:
+        """Commit every unit of the group in one script, then deliver their batches in order and answer their
+        callers; on failure, every caller gets the error."""
+        held = group.held
+        unit = group.unit
         try:
-            if not (changed or payloads):
-                await conn.execute("ROLLBACK")  # nothing written: no commit record to flush
-            else:
-                try:
-                    await conn.execute(q.commit_script(unit, self.options.notify_channel, payloads))
-                except Exception as exc:
-                    if version is not None and is_connection_lost(exc):
-                        self._require_feed().ambiguous(unit.row.id, version)
+            try:
+                if not (unit.changed or group.payloads):
+                    await held[1].execute("ROLLBACK")  # nothing written: no commit record to flush
+                else:
+                    try:
+                        await held[1].execute(
+                            q.commit_script(unit, self.options.notify_channel, group.payloads)
+                        )
+                    except Exception as exc:
+                        if is_connection_lost(exc):
+                            feed = self._require_feed()
+                            for version, _ in group.batches:
+                                if version is not None:
+                                    feed.ambiguous(unit.row.id, version)
+                        raise
+            except Exception as exc:
+                await self._rollback(held)
+                error = unavailable(exc) if is_unavailable(exc) else exc
+                group.answer(error)
+                if error is exc:
                     raise
-        except Exception as exc:
+                raise error from exc
+        finally:
+            await self._release(held)
+        feed = self._require_feed()
+        for version, batch in group.batches:
+            feed.local(unit.row.id, version, batch)
+        group.answer(None)
+
+    async def _abandon(self, group: Group, exc: BaseException) -> None:
+        """A unit failed after changing the group's state: nothing of the group may be committed."""
+        held = group.held
+        try:
             await self._rollback(held)
-            if is_unavailable(exc):
-                raise unavailable(exc) from exc
-            raise
-        if batch is not None:
-            self._require_feed().local(unit.row.id, version, batch)
+        finally:
+            await self._release(held)
+        error = unavailable(exc) if isinstance(exc, Exception) and is_unavailable(exc) else None
+        group.answer(
+            error
+            or TurnqError(
+                ErrorCode.BACKEND_UNAVAILABLE,
+                "the transaction this request shared with others on the channel was rolled back; retry",
+            )
+        )
 
     def _require_feed(self) -> Feed:
         if self._feed is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from turnq.core import ChannelUnit, Event, Grant, Ticket
 
@@ -123,6 +124,24 @@ class SqlUnit(ChannelUnit):
     def changed(self) -> bool:
         """Whether committing this unit writes anything."""
         return self.deleted or bool(self.pending) or self.row_changed
+
+    # ---------------------------------------------------------------- several units in one transaction
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What a unit body can change, cheaply compared: the rules raise before they change anything, so a
+        body that raised and left this as it found it changed nothing."""
+        p = self.pending
+        return (self.row.state(), len(p.inserts), len(p.deletes), len(p.saves), len(self.events), self.deleted)
+
+    def carry_on(self) -> None:
+        """Start the next unit of the same transaction on what this one knows (the backend commits several
+        units of a busy channel together): the channel row, the caches and the pending writes carry over; the
+        events and the conclusion are the new unit's own."""
+        self.events = []
+        self.concluded = False
+        self.next_deadline = None
+        self.depth_after = 0
+        self._absent_client = self._absent_request = None
 
     # ---------------------------------------------------------------- identity
 
