@@ -1,0 +1,149 @@
+"""Units of a busy channel sharing one transaction: they commit together, a rule rejection does not disturb the
+others, a failing unit takes its group down with it (and nothing of it lasts), and a group handed to a caller
+that gives up is still committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+from turnq.backends.postgres import PostgresBackend
+from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService
+
+
+@pytest.fixture
+async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
+    b = PostgresBackend(pg_url)
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+class Stuck:
+    """A unit on the channel that pushes a ticket and then waits to be let go, so units queue up behind it."""
+
+    def __init__(self, backend: PostgresBackend, channel: str, client_id: str) -> None:
+        self.backend, self.channel, self.client_id = backend, channel, client_id
+        self.inside = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def run(self) -> None:
+        async with self.backend.unit(self.channel) as u:
+            await u.push(Ticket(self.client_id, f"r-{self.client_id}", u.next_seq(), 0))
+            self.inside.set()
+            await self.go.wait()
+
+
+async def queued_behind(stuck: Stuck, *calls: Callable[[], Awaitable[object]]) -> list[asyncio.Task[object]]:
+    """Start ``stuck``, then each call (queued on the channel in this order), then let ``stuck`` go."""
+    holder = asyncio.create_task(stuck.run())
+    await asyncio.wait_for(stuck.inside.wait(), 10)
+    tasks: list[asyncio.Task[object]] = []
+    for call in calls:
+        tasks.append(asyncio.create_task(call()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)  # each reaches the channel's queue before the next starts
+    return [holder, *tasks]
+
+
+async def stored(backend: PostgresBackend, channel: str) -> list[tuple[str, int]]:
+    """(client_id, xmin) of the channel's stored tickets, read on a connection of its own."""
+    conn = await asyncpg.connect(backend.options.dsn)
+    try:
+        await conn.execute(f"SET search_path = {backend.options.schema}")
+        rows = await conn.fetch(
+            "SELECT t.client_id, t.xmin::text::bigint AS x FROM turnq_tickets t "
+            "JOIN turnq_channels c ON c.id = t.channel_id WHERE c.name = $1 ORDER BY t.seq",
+            channel,
+        )
+        return [(r["client_id"], r["x"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_units_queued_on_a_channel_commit_in_one_transaction(backend: PostgresBackend) -> None:
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    stuck = Stuck(backend, "ch", "first")
+    tasks = await queued_behind(stuck, *(lambda i=i: service.enqueue("ch", f"c{i}") for i in range(5)))
+    stuck.go.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert [pos for _, pos in results[1:]] == [1, 2, 3, 4, 5]  # type: ignore[misc]
+    rows = await stored(backend, "ch")
+    assert [c for c, _ in rows] == ["first", "c0", "c1", "c2", "c3", "c4"]
+    assert len({x for _, x in rows}) == 1, rows  # one transaction wrote them all
+
+
+async def test_every_caller_is_answered_only_after_the_commit(backend: PostgresBackend) -> None:
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    seen: dict[str, list[str]] = {}
+
+    async def enqueue_and_look(i: int) -> None:
+        await service.enqueue("ch", f"c{i}")
+        seen[f"c{i}"] = [c for c, _ in await stored(backend, "ch")]
+
+    await asyncio.wait_for(asyncio.gather(*(enqueue_and_look(i) for i in range(20))), 30)
+    for client, visible in seen.items():
+        assert client in visible  # another connection already saw it: committed before the answer
+
+
+async def test_a_rejected_unit_leaves_its_group_going(backend: PostgresBackend) -> None:
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    stuck = Stuck(backend, "ch", "first")
+    tasks = await queued_behind(
+        stuck,
+        lambda: service.enqueue("ch", "a"),
+        lambda: service.release("ch", "nobody", "r-nobody"),  # NOT_YOUR_TURN, in the middle of the group
+        lambda: service.enqueue("ch", "b"),
+    )
+    stuck.go.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+    assert isinstance(results[2], TurnqError) and results[2].code is ErrorCode.NOT_YOUR_TURN
+    assert [r[1] for r in (results[1], results[3])] == [1, 2]  # type: ignore[index]
+    assert [c for c, _ in await stored(backend, "ch")] == ["first", "a", "b"]
+
+
+async def test_a_failing_unit_rolls_back_its_group_and_nothing_of_it_lasts(backend: PostgresBackend) -> None:
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+
+    async def broken() -> None:
+        async with backend.unit("ch") as u:
+            await u.push(Ticket("ghost", "r-ghost", u.next_seq(), 0))
+            raise RuntimeError("a bug in the middle of a unit")
+
+    stuck = Stuck(backend, "ch", "first")
+    tasks = await queued_behind(
+        stuck,
+        lambda: service.enqueue("ch", "a"),
+        broken,
+        lambda: service.enqueue("ch", "b"),
+    )
+    stuck.go.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+    for shared in (results[0], results[1]):  # ran in the failing unit's transaction
+        assert isinstance(shared, TurnqError) and shared.code is ErrorCode.BACKEND_UNAVAILABLE, shared
+    assert isinstance(results[2], RuntimeError)
+    assert results[3] == (results[3][0], 0)  # type: ignore[index]  # a fresh transaction, on an empty line
+    assert [c for c, _ in await stored(backend, "ch")] == ["b"]
+    line = await service.queue_view("ch")
+    assert line.holder is not None and line.holder.client_id == "b" and not line.waiters
+
+
+async def test_a_group_handed_to_a_caller_that_gave_up_is_still_committed(backend: PostgresBackend) -> None:
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    stuck = Stuck(backend, "ch", "first")
+    holder, late = await queued_behind(stuck, lambda: service.enqueue("ch", "late"))
+    stuck.go.set()
+    late.cancel()  # gives up just as the open transaction is handed to it
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(late, 10)
+    await asyncio.wait_for(holder, 10)  # answered: its unit was committed by someone
+    assert [c for c, _ in await stored(backend, "ch")] == ["first"]
+    assert (await service.enqueue("ch", "next"))[1] == 1  # the channel is free
