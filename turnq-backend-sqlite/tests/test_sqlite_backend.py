@@ -18,7 +18,7 @@ import pytest
 from turnq.backends.sql import SCHEMA_VERSION, SchemaVersionError, schema
 from turnq.backends.sqlite import SqliteBackend, parse_sqlite_url
 from turnq.backends.sqlite import statements as q
-from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService, open_backend
+from turnq.core import ChannelSpec, ErrorCode, EventBatch, Ticket, TurnqError, TurnService, open_backend
 
 
 def test_entry_point_loads_and_open_backend_returns_it(tmp_path: Path) -> None:
@@ -155,10 +155,16 @@ async def test_writes_and_the_load_use_keys(tmp_path: Path) -> None:
 
 
 async def test_another_process_holding_the_write_lock_gives_backend_unavailable(tmp_path: Path) -> None:
+    """A commit that cannot get the file's write lock fails with 503; the backend then reloads what the file
+    holds (the failed enqueue is not there), tells its listeners to bring streams up to date, and its next
+    heartbeat says every ticket was detached, so the server re-attaches its streams."""
     backend = SqliteBackend(f"sqlite:///{tmp_path}/t.db?busy_timeout=200")
     await backend.open()
     service = TurnService(backend)
     await service.create_channel(ChannelSpec("ch"))
+    await service.enqueue("ch", "c0")
+    batches: list[EventBatch] = []
+    backend.add_listener(batches.append)
     holding, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
@@ -178,10 +184,50 @@ async def test_another_process_holding_the_write_lock_gives_backend_unavailable(
             await service.enqueue("ch", "c1")
         assert exc.value.code is ErrorCode.BACKEND_UNAVAILABLE
         assert time.monotonic() - started < 5
+        assert not [b for b in batches if b.events]  # nothing announced for the failed commit
     finally:
         release.set()
         await asyncio.to_thread(thread.join, 10)
-    assert (await service.enqueue("ch", "c1"))[1] == 0
+    assert (await service.enqueue("ch", "c2"))[1] == 1  # c1 is not in the line: the file never had it
+    assert [t.client_id for t in (await service.queue_view("ch")).waiters] == ["c2"]
+    assert any(b.resync and b.channel == "ch" for b in batches)
+    assert await backend.heartbeat("me", 0) is False  # re-attach your streams
+    assert await backend.heartbeat("me", 0) is True
+    await backend.close()
+
+
+async def test_one_server_per_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    first = SqliteBackend(url)
+    await first.open()
+    second = SqliteBackend(url)
+    with pytest.raises(TurnqError) as exc:
+        await second.open()
+    assert exc.value.code is ErrorCode.BACKEND_UNAVAILABLE
+    assert "in use by another turnq process" in exc.value.message and str(os.getpid()) in exc.value.message
+    await first.close()
+    await second.open()  # free once the first closed
+    await second.close()
+
+
+async def test_presence_stays_in_memory(tmp_path: Path) -> None:
+    """Attaching writes nothing (a restart detaches every ticket anyway); the restart gives a fresh grace."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    backend = SqliteBackend(url)
+    await backend.open()
+    service = TurnService(backend, clock=lambda: 1_000)
+    await service.create_channel(ChannelSpec("ch", grace_ms=2_000, lease_ms=600_000))
+    rid, _ = await service.enqueue("ch", "c0")
+    db = sqlite3.connect(tmp_path / "t.db")
+    before = db.execute("SELECT grace_deadline, attachment FROM turnq_tickets").fetchall()
+    await service.attach("ch", "c0", rid, "stream-1")
+    assert db.execute("SELECT grace_deadline, attachment FROM turnq_tickets").fetchall() == before
+    db.close()
+    await backend.close()
+    backend = SqliteBackend(url)
+    await backend.open()
+    await backend.restart_grace(50_000, 5_000)
+    assert await backend.deadlines() == {"ch": 55_000}
     await backend.close()
 
 
