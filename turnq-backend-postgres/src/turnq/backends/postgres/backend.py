@@ -76,7 +76,8 @@ class PostgresBackend(Backend):
         self._listeners = ListenerSet()
         self._feed: Feed | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._queued: dict[str, int] = {}  # units waiting for each channel's lock
+        # The units waiting for each channel's lock, by the (client, request) each names.
+        self._queued: dict[str, list[tuple[str | None, str | None]]] = {}
         self._groups: dict[str, Group] = {}  # open transactions handed from one unit to the next
         self._orphans: set[asyncio.Task[None]] = set()
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
@@ -233,21 +234,28 @@ class PostgresBackend(Backend):
         self, channel: str, client_id: str | None, request_id: str | None
     ) -> AsyncIterator[ChannelUnit]:
         lock = self._lock_for(channel)
-        self._queued[channel] = self._queued.get(channel, 0) + 1
+        names = (client_id, request_id)
+        queue = self._queued.setdefault(channel, [])
+        queue.append(names)
         try:
             await lock.acquire()
         except asyncio.CancelledError:
             self._gave_up_waiting(channel, lock)
             raise
         finally:
-            self._leave_queue(channel)
+            self._leave_queue(channel, names)
         handed_over: asyncio.Future[None] | None = None
         try:
             group = self._groups.pop(channel, None)
             if group is None:
                 held = await self._begin()
+                # The probe looks up the tickets named by this unit and by every unit queued behind it, which
+                # will likely carry the transaction on: each then knows whether its ticket exists.
+                named = [names, *self._queued.get(channel, ())]
+                clients = list({c for c, _ in named if c is not None})
+                requests = list({r for _, r in named if r is not None})
                 try:
-                    unit = await self._lock_and_probe(held[1], channel, client_id, request_id)
+                    unit = await self._lock_and_probe(held[1], channel, clients, requests)
                 except BaseException:
                     await _complete(self._rollback(held))
                     await self._release(held)
@@ -280,12 +288,12 @@ class PostgresBackend(Backend):
             # The next unit of the channel carries the transaction on; the last one commits for all.
             await handed_over
 
-    def _leave_queue(self, channel: str) -> None:
-        n = self._queued.get(channel, 0) - 1
-        if n > 0:
-            self._queued[channel] = n
-        else:
-            self._queued.pop(channel, None)
+    def _leave_queue(self, channel: str, names: tuple[str | None, str | None]) -> None:
+        queue = self._queued.get(channel)
+        if queue is not None:
+            queue.remove(names)
+            if not queue:
+                del self._queued[channel]
 
     async def _end_turn_of(
         self, channel: str, group: Group, *, wait: bool = True
@@ -305,7 +313,7 @@ class PostgresBackend(Backend):
     def _gave_up_waiting(self, channel: str, lock: asyncio.Lock) -> None:
         """A unit stopped waiting for the channel. If an open group was handed over to the queue it was in and
         nobody is left to carry it on, commit it from a task of its own."""
-        if channel in self._groups and self._queued.get(channel, 0) <= 1:
+        if channel in self._groups and len(self._queued.get(channel, ())) <= 1:
             task = asyncio.ensure_future(self._commit_orphan(channel, lock))
             self._orphans.add(task)
             task.add_done_callback(self._orphans.discard)
@@ -355,22 +363,22 @@ class PostgresBackend(Backend):
             await sa_conn.close()
 
     async def _lock_and_probe(
-        self, conn: asyncpg.Connection, channel: str, client_id: str | None, request_id: str | None
+        self, conn: asyncpg.Connection, channel: str, clients: list[str], requests: list[str]
     ) -> PostgresUnit:
         try:
-            rows = await conn.fetch(q.LOCK_AND_PROBE, channel, client_id, request_id)
+            rows = await conn.fetch(q.LOCK_AND_PROBE, channel, clients, requests)
             if not rows:
                 raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
             row = channel_from_row(rows[0])
             if rows[0][N_CHANNEL]:
                 probe = probe_rows(rows, N_CHANNEL + 1)
             else:
-                probe = probe_rows(await conn.fetch(q.PROBE, row.id, client_id, request_id), 0)
+                probe = probe_rows(await conn.fetch(q.PROBE, row.id, clients, requests), 0)
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
             raise
-        return PostgresUnit(conn, row, probe, client_id, request_id)
+        return PostgresUnit(conn, row, probe, clients, requests)
 
     async def _rollback(self, held: Held) -> None:
         sa_conn, conn = held

@@ -21,7 +21,7 @@ _RANKS = ", ".join(str(r) for r in PROBE_RANKS)
 
 def _probe(channel_id: str) -> str:
     """The tickets at the probe's ranks, the earliest grace and wait deadlines, the newest tickets (ranked from
-    the back), and the ticket of the client $2 or request $3 the caller named, tagged 0/1/2/3/4."""
+    the back), and the tickets of the clients $2 and requests $3 the callers named, tagged 0/1/2/3/4."""
     return f"""
     SELECT 0 AS kind, rk, {T} FROM (
         SELECT row_number() OVER (ORDER BY seq) - 1 AS rk, {T} FROM (
@@ -40,9 +40,9 @@ def _probe(channel_id: str) -> str:
         SELECT {T} FROM turnq_tickets WHERE channel_id = {channel_id} ORDER BY seq DESC LIMIT {PROBE_TAIL}
     ) b
     UNION ALL
-    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND client_id = $2::text
+    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND client_id = ANY($2::text[])
     UNION ALL
-    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND request_id = $3::text
+    SELECT 4, 0, {T} FROM turnq_tickets WHERE channel_id = {channel_id} AND request_id = ANY($3::text[])
     """
 
 

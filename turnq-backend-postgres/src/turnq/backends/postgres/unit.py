@@ -19,10 +19,10 @@ class PostgresUnit(SqlUnit):
         conn: asyncpg.Connection,
         row: ChannelRow,
         probe: list[tuple[int, int, Ticket]],
-        client_id: str | None,
-        request_id: str | None,
+        clients: list[str],
+        requests: list[str],
     ) -> None:
-        super().__init__(row, probe, client_id, request_id)
+        super().__init__(row, probe, clients, requests)
         self._conn = conn
 
     async def _q_find_by_client(self, client_id: str) -> Ticket | None:

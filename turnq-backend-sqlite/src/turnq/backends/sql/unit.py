@@ -75,13 +75,13 @@ class SqlUnit(ChannelUnit):
         self,
         row: ChannelRow,
         probe: Iterable[tuple[int, int, Ticket]] = (),
-        client_id: str | None = None,
-        request_id: str | None = None,
+        clients: Iterable[str] = (),
+        requests: Iterable[str] = (),
     ) -> None:
         """``probe`` rows are ``(kind, rank, ticket)``: PROBE_LINE with the ticket's rank, PROBE_LINE_FROM_END
-        with its rank counted from the back, PROBE_GRACE / PROBE_WAIT in deadline order, or PROBE_FOUND: the
-        ticket of ``client_id`` or ``request_id``, which the probe looked up (so if it is missing, there is
-        none)."""
+        with its rank counted from the back, PROBE_GRACE / PROBE_WAIT in deadline order, or PROBE_FOUND: a
+        ticket of one of the ``clients`` or ``requests`` the probe looked up (so a name it looked up and did not
+        find has no ticket, unless this unit pushes one, which it then knows)."""
         self.row = row
         self.spec = row.spec
         self._start = row.state()
@@ -110,9 +110,8 @@ class SqlUnit(ChannelUnit):
         self._grace = Front(by_grace, graces, complete=row.graced_count == 0 or len(graces) < PROBE_LIMIT)
         no_waits = row.spec.max_wait_ms is None or row.ticket_count == 0
         self._wait = Front(by_wait, waits, complete=no_waits or len(waits) < PROBE_LIMIT)
-        known = self._known.values()
-        self._absent_client = None if any(t.client_id == client_id for t in known) else client_id
-        self._absent_request = None if any(t.request_id == request_id for t in known) else request_id
+        self._probed_clients = set(clients)
+        self._probed_requests = set(requests)
 
     # ---------------------------------------------------------------- what the backend reads after the body
 
@@ -131,17 +130,24 @@ class SqlUnit(ChannelUnit):
         """What a unit body can change, cheaply compared: the rules raise before they change anything, so a
         body that raised and left this as it found it changed nothing."""
         p = self.pending
-        return (self.row.state(), len(p.inserts), len(p.deletes), len(p.saves), len(self.events), self.deleted)
+        return (
+            self.row.state(),
+            len(p.inserts),
+            len(p.deletes),
+            len(p.saves),
+            len(self.events),
+            self.deleted,
+        )
 
     def carry_on(self) -> None:
         """Start the next unit of the same transaction on what this one knows (the backend commits several
         units of a busy channel together): the channel row, the caches and the pending writes carry over; the
-        events and the conclusion are the new unit's own."""
+        events and the conclusion are the new unit's own. The row lock is held throughout, so what the probe
+        found (or found missing) stays true, changed only through the units themselves."""
         self.events = []
         self.concluded = False
         self.next_deadline = None
         self.depth_after = 0
-        self._absent_client = self._absent_request = None
 
     # ---------------------------------------------------------------- identity
 
@@ -186,7 +192,7 @@ class SqlUnit(ChannelUnit):
         for t in self._known.values():
             if t.client_id == client_id:
                 return t
-        if self._line.complete or client_id == self._absent_client:
+        if self._line.complete or client_id in self._probed_clients:
             return None
         return self._adopt_stored(await self._q_find_by_client(client_id))
 
@@ -194,7 +200,7 @@ class SqlUnit(ChannelUnit):
         for t in self._known.values():
             if t.request_id == request_id:
                 return t
-        if self._line.complete or request_id == self._absent_request:
+        if self._line.complete or request_id in self._probed_requests:
             return None
         return self._adopt_stored(await self._q_find_by_request(request_id))
 
