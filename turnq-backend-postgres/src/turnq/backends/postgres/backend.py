@@ -186,6 +186,11 @@ class PostgresBackend(Backend):
         return result
 
     async def close(self) -> None:
+        # A group still open (its next unit gave up at the very end) is committed before the connections go.
+        for channel in list(self._groups):
+            await self._commit_orphan(channel, self._lock_for(channel))
+        if self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=10)
         feed, self._feed = self._feed, None
         if feed is not None:
             await feed.stop()
