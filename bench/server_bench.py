@@ -6,9 +6,15 @@ Scenarios (each run 3 times; the table shows medians):
   c  2,000 waiters enqueued and subscribed, then drained: total time, turns/s of the first vs last 10%
   d  5,000 idle subscribed waiters: server RSS per waiter
 
-Handoff latency is measured inside this one process: the time from sending the holder's release to receiving
+Handoff latency is measured inside the load generator: the time from sending the holder's release to receiving
 the next holder's your-turn. Server CPU comes from /proc/PID/stat, so the load generator sharing the machine does
-not blur it.
+not blur it. Scenarios a and b are driven by turndriver.py, a callback client whose connections are open before
+the clock starts; their extra columns say whether the figures are the server's: gen_cpu_ms is the generator's own
+CPU per turn, server_core the share of one core the server used (near 1: the server is the bottleneck).
+
+In a and b every channel is always in a handoff (zero-work turns, the next holder already waiting), so by
+Little's law the mean handoff is channels / turns/s: once the server is saturated, b's handoff is the time a
+release waits behind the other 49 channels' work in the server, about 50 x its CPU per turn.
 
     uv run python bench/server_bench.py                      # memory backend, all scenarios
     uv run python bench/server_bench.py --backends memory,sqlite --scenarios a,b
@@ -19,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import multiprocessing
 import os
 import resource
 import statistics
@@ -29,13 +34,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
+import turndriver
 from procstats import ProcStats, free_port
 from wire import Connection, EventStream
 
@@ -157,6 +162,8 @@ class Api:
 async def turn_loop(
     url: str, channel: str, turns: int, grants: dict[int, float], releases: dict[int, float]
 ) -> None:
+    """One client's turns with the coroutine client of wire.py; replicas_bench.py drives its clients with it.
+    Scenarios a and b use turndriver.py, which does the same turn at half the CPU."""
     api = Api(url)
     client_id = uuid.uuid4().hex
     stream: EventStream | None = None
@@ -183,54 +190,33 @@ def handoffs(grants: dict[int, float], releases: dict[int, float]) -> list[float
     return [1000 * (grants[t + 1] - releases[t]) for t in releases if t + 1 in grants]
 
 
-Logs = dict[str, tuple[dict[int, float], dict[int, float]]]
-
-
-async def drive(url: str, names: list[str], clients: int, turns: int) -> Logs:
-    """Every channel's clients taking their turns; returns each channel's (grants, releases) by token."""
-    logs: Logs = {name: ({}, {}) for name in names}
-    await asyncio.gather(
-        *(turn_loop(url, name, turns, *logs[name]) for name in names for _ in range(clients))
-    )
-    return logs
-
-
-def drive_in_process(url: str, names: list[str], clients: int, turns: int) -> Logs:
-    return uvloop.run(drive(url, names, clients, turns))
-
-
 async def run_channels(server: Server, channels: int, clients: int, turns: int, processes: int = 1) -> Result:
-    """``processes`` > 1 splits the channels over that many load-generator processes, so the generator is not
-    the bottleneck; each channel's clients stay in one process. perf_counter is CLOCK_MONOTONIC on Linux, one
-    clock for every process, so handoffs still compare."""
+    """``clients`` clients on each of ``channels`` channels taking ``turns`` zero-work turns, driven by the lean
+    generator of turndriver.py. ``processes`` > 1 splits the channels over that many load-generator processes
+    (each channel's clients stay in one, so one process sees all of a channel's tokens). The clock and the server
+    CPU reading start once every process has its connections open."""
     api = Api(server.url)
     names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(channels)]
     for name in names:
         await api.create(name)
     api.close()
-    if processes == 1:
+    parts = [
+        [(server.url, name) for name in names[i::processes] for _ in range(clients)] for i in range(processes)
+    ]
+    cpu0 = 0.0
+
+    def on_start() -> None:
+        nonlocal cpu0
         cpu0 = server.stats.cpu_seconds()
-        t0 = time.perf_counter()
-        parts = [await drive(server.url, names, clients, turns)]
-    else:
-        loop = asyncio.get_running_loop()
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            # Start the workers (and their imports) before the clock starts.
-            await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, 0.3) for _ in range(processes)))
-            cpu0 = server.stats.cpu_seconds()
-            t0 = time.perf_counter()
-            parts = await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        pool, drive_in_process, server.url, names[i::processes], clients, turns
-                    )
-                    for i in range(processes)
-                )
-            )
-    seconds = time.perf_counter() - t0
+
+    driven = await turndriver.drive(parts, turns, KEY, on_start)
     cpu = server.stats.cpu_seconds() - cpu0
-    result = Result(turns=channels * clients * turns, seconds=seconds, cpu_s=cpu)
-    for logs in parts:
+    result = Result(turns=channels * clients * turns, seconds=driven.seconds, cpu_s=cpu)
+    # Whether the numbers are the server's: the generator's own CPU per turn, and how much of its one core the
+    # server used (near 1 means the server is saturated and a handoff waits behind the other channels' work).
+    result.extra["gen_cpu_ms"] = 1000 * driven.cpu_s / result.turns
+    result.extra["server_core"] = cpu / driven.seconds
+    for logs in driven.logs:
         for grants, releases in logs.values():
             result.handoffs_ms.extend(handoffs(grants, releases))
     return result
@@ -241,6 +227,8 @@ async def scenario_a(server: Server) -> Result:
 
 
 async def scenario_b(server: Server) -> Result:
+    # Two generator processes (the scenario's historical split); with turndriver one would do as well: the
+    # server is the bottleneck either way.
     return await run_channels(server, 50, 4, 10, processes=2)
 
 
