@@ -4,6 +4,10 @@ The hub listens to the backend's feed (a plain callback, no task per event). Eac
 inbox of pre-encoded frames and one future its request handler waits on; the handler task that aiohttp already
 runs for the request is the only task a stream costs. Frames for observers are encoded once per event, not once
 per observer.
+
+An idle stream is what a deep queue is made of (thousands of waiters each holding one open), so what a stream keeps
+while it waits is kept small: no inbox list until a frame arrives, and the handler awaits the future itself rather
+than a coroutine that awaits it.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class Stream:
         self.channel = channel
         self.key = key
         self.attachment = attachment
-        self.frames: list[bytes] = []
+        self.frames: list[bytes] | None = None  # frames not yet written; None (not []) while there are none
         self.waiter: asyncio.Future[None] | None = None
         self.closing = False
         self.ticket_over = False
@@ -65,12 +69,16 @@ class Stream:
     def push(self, frame: bytes) -> None:
         if self.closing:
             return
-        self.frames.append(frame)
-        if self.key is None and len(self.frames) > MAX_OBSERVER_BACKLOG:
-            log.warning("observer on channel %r fell behind; disconnecting it", self.channel)
-            self.frames.clear()
-            self.close()
-            return
+        frames = self.frames
+        if frames is None:
+            self.frames = [frame]
+        else:
+            frames.append(frame)
+            if self.key is None and len(frames) > MAX_OBSERVER_BACKLOG:
+                log.warning("observer on channel %r fell behind; disconnecting it", self.channel)
+                self.frames = None
+                self.close()
+                return
         self._wake()
 
     def close(self) -> None:
@@ -79,19 +87,26 @@ class Stream:
 
     def _wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def next_frames(self) -> list[bytes]:
-        """Wait for frames; an empty list means the stream should end."""
-        while not self.frames and not self.closing:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        frames, self.frames = self.frames, []
-        return frames
+    def take(self) -> bytes | None:
+        """The frames to write now, as one chunk; None when there are none."""
+        frames = self.frames
+        if frames is None:
+            return None
+        self.frames = None
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future that completes when frames arrive or the stream is told to end. The handler awaits it
+        directly: a coroutine wrapped around it would cost every idle stream a suspended frame."""
+        waiter = self.waiter
+        if waiter is None:
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
 
 class Hub:

@@ -25,7 +25,7 @@ from turnq.core.limits import (
 )
 
 from .auth import ApiKey, Authenticator
-from .hub import encode_json
+from .hub import Stream, encode_json
 from .state import ServerState
 
 routes = web.RouteTableDef()
@@ -249,14 +249,20 @@ class TicketEventSource(ObserverEventSource):
 
 
 async def _pump(
-    request: web.Request, stream_frames: Any, response_type: type[EventSourceResponse]
+    request: web.Request, stream: Stream, response_type: type[EventSourceResponse]
 ) -> EventSourceResponse:
-    """Open the SSE response and write frames until the stream is told to end."""
+    """Open the SSE response and write the stream's frames until it is told to end."""
     response = response_type(sep="\n")
     await response.prepare(request)
     try:
-        while frames := await stream_frames():
-            await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        while True:
+            chunk = stream.take()
+            if chunk is not None:
+                await response.write(chunk)
+            elif stream.closing:
+                break
+            else:
+                await stream.wait()
     except ConnectionResetError:
         # The client hung up while a frame was being written: the stream is over, as when it hangs up between
         # frames (then the handler is cancelled). Re-raised, aiohttp would log it as a failed request.
@@ -282,7 +288,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         state.hub.discard(stream)
         raise
     try:
-        return await _pump(request, stream.next_frames, TicketEventSource)
+        return await _pump(request, stream, TicketEventSource)
     finally:
         state.hub.discard(stream)
         if not (stream.ticket_over or stream.replaced):
@@ -296,7 +302,7 @@ async def observe(request: web.Request) -> web.StreamResponse:
     stream = state.hub.open_observer_stream(name)
     try:
         await state.service.get_channel(name)
-        return await _pump(request, stream.next_frames, ObserverEventSource)
+        return await _pump(request, stream, ObserverEventSource)
     finally:
         state.hub.discard(stream)
 
