@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 from turnq.core import ErrorCode, TurnqError
 from turnq.core.limits import (
@@ -240,6 +242,14 @@ class ObserverEventSource(EventSourceResponse):
     async def _ping(self) -> None:
         return None
 
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        # aiohttp_sse has started its ping task, which with the ``_ping`` above finishes at its first step. Let it
+        # go rather than keep a finished task (its coroutine and context) for the stream's life; nothing here
+        # waits on it or stops it (``wait``, ``stop_streaming`` and ``send`` are not used).
+        self._ping_task = None
+        return writer
+
 
 class TicketEventSource(ObserverEventSource):
     """A subscriber's stream. Its first frame (``queued`` or ``your-turn``) is already waiting when the response
@@ -254,6 +264,10 @@ async def _pump(
     """Open the SSE response and write the stream's frames until it is told to end."""
     response = response_type(sep="\n")
     await response.prepare(request)
+    # aiohttp's idle-connection timer does nothing while a request is being handled, yet it stays armed (a timer
+    # handle per connection) until it fires; drop it for the stream's life. aiohttp arms it again when the
+    # response ends and the connection goes back to waiting for a request.
+    request.protocol.keep_alive(True)
     try:
         while True:
             chunk = stream.take()
@@ -267,8 +281,6 @@ async def _pump(
         # The client hung up while a frame was being written: the stream is over, as when it hangs up between
         # frames (then the handler is cancelled). Re-raised, aiohttp would log it as a failed request.
         pass
-    finally:
-        response.stop_streaming()
     return response
 
 
