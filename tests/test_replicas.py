@@ -886,8 +886,11 @@ def test_replica_killed_mid_run(postgres_url: str, tmp_path: Path) -> None:  # n
             print(f"replica {name} killed after {killed_at} completed turns")
             alive = tuple(i for i in range(N_REPLICAS) if i != victim)
             check_run(run, alive=alive)
-            # The survivors took the victim for dead (its presence row is gone) ...
-            instances = _instances(postgres_url)
+            # The survivors take the victim for dead once it has been silent for STALE_S (its presence row goes)
+            # ... (the run itself may finish sooner than that)
+            deadline = killed + STALE_S + 10
+            while len(instances := _instances(postgres_url)) != len(alive) and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert len(instances) == len(alive), instances
             # ... and its abandoned tickets did not stay stuck: after the grace, the waiter behind them holds.
             waited = abandoned.wait_for_turn(deadline=killed + STALE_S + 1 + ABANDONED_GRACE_S + 10)

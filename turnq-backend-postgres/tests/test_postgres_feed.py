@@ -89,3 +89,28 @@ async def test_batches_held_before_a_reconnect_go_before_later_ones(next_from: s
     assert _order(recorder) == [1, 3, 3, 4]
     assert [b.resync for b in recorder.batches] == [False, False, True, False]
     await feed.stop()
+
+
+async def test_later_batches_from_elsewhere_wait_for_a_commit_on_its_way() -> None:
+    """Another process commits the next batch the moment ours releases the row lock; its notification can arrive
+    before our COMMIT's answer. It waits for ours."""
+    feed, recorder = _feed()
+    feed.local(7, 1, _batch(1))
+    feed.committing(7, 2)
+    _heard(feed, "there", 4)  # ours are 2 and 3 (a group)
+    assert _order(recorder) == [1]
+    feed.local(7, 2, _batch(2))
+    feed.local(7, 3, _batch(3))
+    feed.committed(7)
+    assert _order(recorder) == [1, 2, 3, 4]
+    await feed.stop()
+
+
+async def test_a_failed_commit_on_its_way_holds_nothing_back() -> None:
+    feed, recorder = _feed()
+    feed.local(7, 1, _batch(1))
+    feed.committing(7, 2)
+    _heard(feed, "there", 2)  # ours failed; theirs took the version
+    feed.committed(7)
+    assert _order(recorder) == [1, 2]
+    await feed.stop()

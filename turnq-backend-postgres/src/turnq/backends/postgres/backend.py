@@ -401,6 +401,10 @@ class PostgresBackend(Backend):
         callers; on failure, every caller gets the error."""
         held = group.held
         unit = group.unit
+        feed = self._require_feed()
+        versions = [v for v, _ in group.batches if v is not None]
+        if versions:
+            feed.committing(unit.row.id, versions[0])
         try:
             try:
                 if not (unit.changed or group.payloads):
@@ -412,12 +416,11 @@ class PostgresBackend(Backend):
                         )
                     except Exception as exc:
                         if is_connection_lost(exc):
-                            feed = self._require_feed()
-                            for version, _ in group.batches:
-                                if version is not None:
-                                    feed.ambiguous(unit.row.id, version)
+                            for version in versions:
+                                feed.ambiguous(unit.row.id, version)
                         raise
             except Exception as exc:
+                feed.committed(unit.row.id)
                 await self._rollback(held)
                 error = unavailable(exc) if is_unavailable(exc) else exc
                 group.answer(error)
@@ -426,9 +429,9 @@ class PostgresBackend(Backend):
                 raise error from exc
         finally:
             await self._release(held)
-        feed = self._require_feed()
-        for version, batch in group.batches:
-            feed.local(unit.row.id, version, batch)
+        for position, batch in group.batches:
+            feed.local(unit.row.id, position, batch)
+        feed.committed(unit.row.id)
         group.answer(None)
 
     async def _abandon(self, group: Group, exc: BaseException) -> None:

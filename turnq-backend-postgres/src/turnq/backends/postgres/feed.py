@@ -49,6 +49,7 @@ class Feed:
         self._held: dict[int, dict[int, EventBatch]] = {}  # channel id -> version -> local batch waiting
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ambiguous: set[tuple[int, int]] = set()  # own commits whose outcome this process never learned
+        self._committing: dict[int, int] = {}  # channel id -> first version of an own commit on its way
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
@@ -147,6 +148,20 @@ class Feed:
             self._deliver(channel_id, version, batch)
             self._release_ready(channel_id)
             return
+        self._hold(channel_id, version, batch)
+
+    def committing(self, channel_id: int, version: int) -> None:
+        """This process is committing the channel's batches from ``version`` on. Another process can commit the
+        next one as soon as ours releases the row lock, and its notification can arrive before our COMMIT's
+        answer: such later batches wait until ours are delivered (:meth:`committed`)."""
+        self._committing[channel_id] = version
+
+    def committed(self, channel_id: int) -> None:
+        """The commit announced by :meth:`committing` is over (its batches delivered, or it failed)."""
+        if self._committing.pop(channel_id, None) is not None:
+            self._release_ready(channel_id)
+
+    def _hold(self, channel_id: int, version: int, batch: EventBatch) -> None:
         self._held.setdefault(channel_id, {})[version] = batch
         if channel_id not in self._timers:
             self._timers[channel_id] = asyncio.get_running_loop().call_later(
@@ -159,6 +174,10 @@ class Feed:
         self._ambiguous.add((channel_id, version))
 
     def _remote(self, env: Envelope) -> None:
+        first = self._committing.get(env.channel_id)
+        if first is not None and env.version > first:
+            self._hold(env.channel_id, env.version, env.batch)  # after our commit on its way
+            return
         self._flush_before(env.channel_id, env.version)
         self._deliver(env.channel_id, env.version, env.batch)
         self._release_ready(env.channel_id)
