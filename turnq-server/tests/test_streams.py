@@ -6,7 +6,9 @@ import asyncio
 import time
 
 import aiohttp
+from aiohttp_sse import EventSourceResponse
 from server_kit import ADMIN_KEY, Server, make_config, running_server
+from turnq.server.routes import ObserverEventSource, TicketEventSource
 
 
 async def test_frames_are_exact_lf_lines(server: Server) -> None:
@@ -15,6 +17,8 @@ async def test_frames_are_exact_lf_lines(server: Server) -> None:
     sse = await server.subscribe(ch, "c1", rid)
     try:
         assert sse.response.headers["Content-Type"].startswith("text/event-stream")
+        assert sse.response.headers["Cache-Control"] == "no-cache"
+        assert sse.response.headers["X-Accel-Buffering"] == "no"
         data = await sse.expect("your-turn")
         assert set(data) == {"channel", "requestId", "leaseExpiresAt", "fencingToken"}
         assert sse.raw[0] == "event: your-turn\n"
@@ -25,6 +29,14 @@ async def test_frames_are_exact_lf_lines(server: Server) -> None:
         assert await sse.ended()  # the server ends the stream when the ticket is over
     finally:
         sse.close()
+
+
+def test_stream_responses_carry_aiohttp_sse_headers() -> None:
+    """Our responses rebuild aiohttp_sse's headers under istr names; an aiohttp_sse that sets other headers must
+    not be silently overridden."""
+    expected = [(str(k), v) for k, v in EventSourceResponse().headers.items()]
+    for response in (ObserverEventSource(), TicketEventSource()):
+        assert [(str(k), v) for k, v in response.headers.items()] == expected
 
 
 async def test_waiter_hears_queued_position_and_turn(server: Server) -> None:

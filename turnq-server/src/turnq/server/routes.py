@@ -10,10 +10,11 @@ import json
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
+from multidict import CIMultiDict, istr
 from turnq.core import ErrorCode, TurnqError
 from turnq.core.limits import (
     MAX_ERROR_LENGTH,
@@ -234,10 +235,30 @@ async def steps(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- streams
 
 
+# The headers aiohttp_sse gives an SSE response, in its order, named by case-insensitive ``istr`` constants.
+SSE_HEADERS: CIMultiDict[str] = CIMultiDict(
+    (
+        (hdrs.CONTENT_TYPE, "text/event-stream"),
+        (hdrs.CACHE_CONTROL, "no-cache"),
+        (hdrs.CONNECTION, "keep-alive"),
+        (istr("X-Accel-Buffering"), "no"),
+    )
+)
+
+
 class ObserverEventSource(EventSourceResponse):
     """An SSE response whose keep-alives come from the hub: one timer for every open stream, writing the
     protocol's ``: keepalive`` comment, instead of a sleeping ping task per stream (which would cost each idle
     waiter a task, a future and a timer)."""
+
+    def __init__(self) -> None:
+        super().__init__(sep="\n")
+        # aiohttp_sse names its headers with plain strings, for which the response's multidict derives and keeps
+        # a folded name and an istr each, and grows its table: some 850 bytes held for as long as a stream stays
+        # open. The same headers under istr constants cost none of that.
+        headers = self.headers
+        headers.clear()
+        headers.extend(SSE_HEADERS)
 
     async def _ping(self) -> None:
         return None
@@ -259,10 +280,10 @@ class TicketEventSource(ObserverEventSource):
 
 
 async def _pump(
-    request: web.Request, stream: Stream, response_type: type[EventSourceResponse]
+    request: web.Request, stream: Stream, response_type: type[ObserverEventSource]
 ) -> EventSourceResponse:
     """Open the SSE response and write the stream's frames until it is told to end."""
-    response = response_type(sep="\n")
+    response = response_type()
     await response.prepare(request)
     # aiohttp's idle-connection timer does nothing while a request is being handled, yet it stays armed (a timer
     # handle per connection) until it fires; drop it for the stream's life. aiohttp arms it again when the
