@@ -100,7 +100,9 @@ class Journal:
         self._in_flight = None
         error = None if trip.cancelled() else trip.exception()
         if trip.cancelled() or error is not None:
-            failure = error if isinstance(error, TurnqError) else unavailable(error or asyncio.CancelledError())
+            failure = (
+                error if isinstance(error, TurnqError) else unavailable(error or asyncio.CancelledError())
+            )
             for entry in (*entries, *self._pending):
                 if not entry.future.done():
                     entry.future.set_exception(failure)
