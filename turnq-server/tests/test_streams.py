@@ -8,7 +8,10 @@ import time
 import aiohttp
 from aiohttp_sse import EventSourceResponse
 from server_kit import ADMIN_KEY, Server, make_config, running_server
+from turnq.core.memory import MemoryBackend
+from turnq.server.hub import Stream
 from turnq.server.routes import ObserverEventSource, TicketEventSource
+from turnq.server.state import ServerState
 
 
 async def test_frames_are_exact_lf_lines(server: Server) -> None:
@@ -35,7 +38,8 @@ def test_stream_responses_carry_aiohttp_sse_headers() -> None:
     """Our responses rebuild aiohttp_sse's headers under istr names; an aiohttp_sse that sets other headers must
     not be silently overridden."""
     expected = [(str(k), v) for k, v in EventSourceResponse().headers.items()]
-    for response in (ObserverEventSource(), TicketEventSource()):
+    state, stream = ServerState(make_config(), MemoryBackend()), Stream("ch", None)
+    for response in (ObserverEventSource(state, stream), TicketEventSource(state, stream)):
         assert [(str(k), v) for k, v in response.headers.items()] == expected
 
 
@@ -71,6 +75,21 @@ async def test_subscribe_errors(server: Server) -> None:
     status, body = await server.call("GET", server.path(ch, "subscribe") + "?clientId=c1")
     assert (status, body["code"]) == (400, "MALFORMED_REQUEST")
     assert "requestId" in body["message"]
+
+
+async def test_streams_refuse_head(server: Server) -> None:
+    """An event stream has no head: HEAD is refused before anything is registered or attached."""
+    ch = await server.create("head")
+    rid, _ = await server.enqueue(ch, "c1")
+    for url in (f"{server.path(ch, 'subscribe')}?clientId=c1&requestId={rid}", server.path(ch, "observe")):
+        status, _ = await server.call("HEAD", url)
+        assert status == 405
+    assert server.state.hub.counts() == (0, 0)
+    sse = await server.subscribe(ch, "c1", rid)  # the ticket is unaffected
+    try:
+        await sse.expect("your-turn")
+    finally:
+        sse.close()
 
 
 async def test_lease_expiry_through_the_reaper(server: Server) -> None:
@@ -183,6 +202,30 @@ async def test_grace_keeps_the_place_after_a_dropped_connection(server: Server) 
     finally:
         again.close()
     assert r2
+
+
+async def test_dropped_streams_are_forgotten(server: Server) -> None:
+    """A stream whose client goes away leaves nothing behind in the hub, subscriber or observer."""
+    ch = await server.create("forget", graceMs=60_000)
+    await server.enqueue(ch, "c0")
+    rid, _ = await server.enqueue(ch, "c1")
+    sse = await server.subscribe(ch, "c1", rid)
+    obs = await server.observe(ch)
+    await sse.expect("queued")
+    assert server.state.hub.counts() == (1, 1)
+    for stream in (sse, obs):
+        stream.response.connection.transport.abort()  # type: ignore[union-attr]
+        stream.close()
+    for _ in range(100):
+        if server.state.hub.counts() == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert server.state.hub.counts() == (0, 0)
+    again = await server.subscribe(ch, "c1", rid)  # the grace kept the place
+    try:
+        assert await again.expect("queued") == {"channel": ch, "requestId": rid, "position": 1}
+    finally:
+        again.close()
 
 
 async def test_absent_client_is_dropped_after_the_grace(server: Server) -> None:

@@ -247,12 +247,22 @@ SSE_HEADERS: CIMultiDict[str] = CIMultiDict(
 
 
 class ObserverEventSource(EventSourceResponse):
-    """An SSE response whose keep-alives come from the hub: one timer for every open stream, writing the
-    protocol's ``: keepalive`` comment, instead of a sleeping ping task per stream (which would cost each idle
-    waiter a task, a future and a timer)."""
+    """The SSE response of one hub stream, which writes the stream's frames until it is told to end.
 
-    def __init__(self) -> None:
+    The handler validates the request, registers the stream and returns this response unstarted; aiohttp then
+    prepares it, as it does every response a handler returns, and ``prepare`` writes the frames (as aiohttp's
+    FileResponse sends its file from ``prepare``). So while a stream is open, the handler, the middleware and
+    aiohttp's routing coroutines have already returned instead of staying suspended around it: an idle waiter costs
+    aiohttp's connection and request state, the stream and one future.
+
+    Keep-alives come from the hub: one timer for every open stream, writing the protocol's ``: keepalive`` comment,
+    instead of a sleeping ping task per stream (which would cost each idle waiter a task, a future and a timer).
+    """
+
+    def __init__(self, state: ServerState, stream: Stream) -> None:
         super().__init__(sep="\n")
+        self._turnq_state = state
+        self._turnq_stream = stream
         # aiohttp_sse names its headers with plain strings, for which the response's multidict derives and keeps
         # a folded name and an istr each, and grows its table: some 850 bytes held for as long as a stream stays
         # open. The same headers under istr constants cost none of that.
@@ -264,12 +274,31 @@ class ObserverEventSource(EventSourceResponse):
         return None
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
-        # aiohttp_sse has started its ping task, which with the ``_ping`` above finishes at its first step. Let it
-        # go rather than keep a finished task (its coroutine and context) for the stream's life; nothing here
-        # waits on it or stops it (``wait``, ``stop_streaming`` and ``send`` are not used).
-        self._ping_task = None
-        return writer
+        if self.prepared:
+            return await super().prepare(request)
+        stream = self._turnq_stream
+        try:
+            writer = await super().prepare(request)
+            # aiohttp_sse has started its ping task, which with the ``_ping`` above finishes at its first step.
+            # Let it go rather than keep a finished task (its coroutine and context) for the stream's life;
+            # nothing waits on it or stops it (``wait``, ``stop_streaming`` and ``send`` are not used).
+            self._ping_task = None
+            # aiohttp's idle-connection timer does nothing while a request is being handled, yet it stays armed (a
+            # timer handle per connection) until it fires; drop it for the stream's life. aiohttp arms it again
+            # when the response ends and the connection goes back to waiting for a request.
+            request.protocol.keep_alive(True)
+            while True:
+                chunk = stream.take()
+                if chunk is not None:
+                    # A client that hangs up while a frame is being written makes this raise
+                    # ConnectionResetError, which aiohttp takes quietly for a premature disconnection.
+                    await self.write(chunk)
+                elif stream.closing:
+                    return writer
+                else:
+                    await stream.wait()
+        finally:
+            self._turnq_state.end_stream(stream)
 
 
 class TicketEventSource(ObserverEventSource):
@@ -279,38 +308,20 @@ class TicketEventSource(ObserverEventSource):
     _send_headers_immediately = False
 
 
-async def _pump(
-    request: web.Request, stream: Stream, response_type: type[ObserverEventSource]
-) -> EventSourceResponse:
-    """Open the SSE response and write the stream's frames until it is told to end."""
-    response = response_type()
-    await response.prepare(request)
-    # aiohttp's idle-connection timer does nothing while a request is being handled, yet it stays armed (a timer
-    # handle per connection) until it fires; drop it for the stream's life. aiohttp arms it again when the
-    # response ends and the connection goes back to waiting for a request.
-    request.protocol.keep_alive(True)
-    try:
-        while True:
-            chunk = stream.take()
-            if chunk is not None:
-                await response.write(chunk)
-            elif stream.closing:
-                break
-            else:
-                await stream.wait()
-    except ConnectionResetError:
-        # The client hung up while a frame was being written: the stream is over, as when it hangs up between
-        # frames (then the handler is cancelled). Re-raised, aiohttp would log it as a failed request.
-        pass
-    return response
+def _ticket_ids(request: web.Request) -> tuple[str, str]:
+    query = request.query
+    client_id = check_text("clientId", query.get("clientId"), MAX_ID_LENGTH)
+    request_id = check_text("requestId", query.get("requestId"), MAX_ID_LENGTH)
+    assert client_id is not None and request_id is not None
+    return client_id, request_id
 
 
-@routes.get("/channels/{name}/subscribe")
+# No HEAD for the streams (aiohttp adds one to every GET route by default): an event stream has no head to give,
+# and the router answers 405 before anything is registered.
+@routes.get("/channels/{name}/subscribe", allow_head=False)
 async def subscribe(request: web.Request) -> web.StreamResponse:
     name = _channel(request)
-    client_id = check_text("clientId", request.query.get("clientId"), MAX_ID_LENGTH)
-    request_id = check_text("requestId", request.query.get("requestId"), MAX_ID_LENGTH)
-    assert client_id is not None and request_id is not None
+    client_id, request_id = _ticket_ids(request)
     state = state_of(request)
     attachment = state.new_attachment()
     # Register before attaching, so no event committed after the attach can be missed.
@@ -320,24 +331,21 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     except BaseException:
         state.hub.discard(stream)
         raise
-    try:
-        return await _pump(request, stream, TicketEventSource)
-    finally:
-        state.hub.discard(stream)
-        if not (stream.ticket_over or stream.replaced):
-            state.spawn(state.detach(name, request_id, attachment))
+    # From here nothing suspends until the response's prepare, whose end (however it ends) closes the stream.
+    return TicketEventSource(state, stream)
 
 
-@routes.get("/channels/{name}/observe")
+@routes.get("/channels/{name}/observe", allow_head=False)
 async def observe(request: web.Request) -> web.StreamResponse:
     name = _channel(request)
     state = state_of(request)
     stream = state.hub.open_observer_stream(name)
     try:
         await state.service.get_channel(name)
-        return await _pump(request, stream, ObserverEventSource)
-    finally:
+    except BaseException:
         state.hub.discard(stream)
+        raise
+    return ObserverEventSource(state, stream)
 
 
 def not_found(request: web.Request) -> TurnqError:

@@ -16,7 +16,7 @@ from turnq.core.limits import SUBSCRIBE_WINDOW_MS
 
 from .auth import Authenticator
 from .config import ServerConfig
-from .hub import Hub
+from .hub import Hub, Stream
 from .metrics import Metrics
 from .positions import PositionRefresher
 from .presence import STALE_MS, Presence
@@ -54,6 +54,13 @@ class ServerState:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def end_stream(self, stream: Stream) -> None:
+        """A stream's response ended (told to, or the client went away): forget the stream, and start its
+        ticket's grace unless the ticket is over or a newer stream took it over."""
+        self.hub.discard(stream)
+        if stream.key is not None and not (stream.ticket_over or stream.replaced):
+            self.spawn(self.detach(stream.channel, stream.key, stream.attachment))
 
     async def detach(self, channel: str, request_id: str, attachment: str) -> None:
         """A stream closed: start its ticket's grace, retrying while the database is unreachable (otherwise
