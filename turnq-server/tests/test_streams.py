@@ -6,11 +6,13 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
+from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
 from server_kit import ADMIN_KEY, Server, make_config, running_server
 from turnq.core.memory import MemoryBackend
 from turnq.server.hub import Stream
-from turnq.server.routes import ObserverEventSource, TicketEventSource
+from turnq.server.routes import ObserverEventSource, TicketEventSource, _query
 from turnq.server.state import ServerState
 
 
@@ -41,6 +43,22 @@ def test_stream_responses_carry_aiohttp_sse_headers() -> None:
     state, stream = ServerState(make_config(), MemoryBackend()), Stream("ch", None)
     for response in (ObserverEventSource(state, stream), TicketEventSource(state, stream)):
         assert [(str(k), v) for k, v in response.headers.items()] == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "clientId=a+b&requestId=x%20y",
+        "clientId=%C3%A9+%2B&requestId=%E2%82%AC",
+        "clientId=%FF%FE&requestId=%zz%2",
+        "clientId=&requestId",
+        "clientId=1&clientId=2&&requestId=x=y;z",
+        "apiKey=k%26ey&clientId=%2F%3F%23",
+    ],
+)
+def test_query_is_read_as_aiohttp_reads_it(query: str) -> None:
+    request = make_mocked_request("GET", f"/channels/c/subscribe?{query}")
+    assert _query(request) == {name: request.query[name] for name in request.query}
 
 
 async def test_waiter_hears_queued_position_and_turn(server: Server) -> None:

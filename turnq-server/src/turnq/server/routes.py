@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -42,9 +43,22 @@ def state_of(request: web.Request) -> ServerState:
 STATE_KEY: web.AppKey[ServerState] = web.AppKey("turnq_state", ServerState)
 
 
+def _query(request: web.Request) -> dict[str, str]:
+    """The query's parameters, the first value of each name (as ``request.query.get`` gives it).
+
+    Parsed here and dropped after use: ``request.query`` would cache its parse (a multidict, a list of pairs and
+    their strings, about 700 bytes) on the request, which an open stream keeps for its whole life. yarl parses a
+    query as ``parse_qsl(..., keep_blank_values=True)`` does, so the values are the same.
+    """
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
+        params.setdefault(name, value)
+    return params
+
+
 def _key(request: web.Request) -> ApiKey:
     """Identify the caller by ``x-api-key`` (or the original client's ``?apiKey=`` on subscribe)."""
-    presented = request.headers.get("x-api-key") or request.query.get("apiKey")
+    presented = request.headers.get("x-api-key") or _query(request).get("apiKey")
     return state_of(request).auth.identify(presented)
 
 
@@ -309,7 +323,7 @@ class TicketEventSource(ObserverEventSource):
 
 
 def _ticket_ids(request: web.Request) -> tuple[str, str]:
-    query = request.query
+    query = _query(request)
     client_id = check_text("clientId", query.get("clientId"), MAX_ID_LENGTH)
     request_id = check_text("requestId", query.get("requestId"), MAX_ID_LENGTH)
     assert client_id is not None and request_id is not None
