@@ -111,18 +111,21 @@ class Stream:
 
 class Hub:
     def __init__(self) -> None:
-        self.tickets: dict[tuple[str, str], Stream] = {}
+        # Ticket streams by channel, then request id: one small dict per channel rather than a (channel, request
+        # id) key per stream, and a channel's streams found without looking at every other channel's.
+        self.tickets: dict[str, dict[str, Stream]] = {}
         self.observers: dict[str, set[Stream]] = {}
 
     # -------------------------------------------------------------- registry
 
     def open_ticket_stream(self, channel: str, request_id: str, attachment: str) -> Stream:
         stream = Stream(channel, request_id, attachment)
-        old = self.tickets.get((channel, request_id))
+        group = self.tickets.setdefault(channel, {})
+        old = group.get(request_id)
         if old is not None:
             old.replaced = True
             old.close()
-        self.tickets[(channel, request_id)] = stream
+        group[request_id] = stream
         return stream
 
     def open_observer_stream(self, channel: str) -> Stream:
@@ -132,9 +135,11 @@ class Hub:
 
     def discard(self, stream: Stream) -> None:
         if stream.key is not None:
-            key = (stream.channel, stream.key)
-            if self.tickets.get(key) is stream:
-                del self.tickets[key]
+            tickets = self.tickets.get(stream.channel)
+            if tickets is not None and tickets.get(stream.key) is stream:
+                del tickets[stream.key]
+                if not tickets:
+                    del self.tickets[stream.channel]
         else:
             group = self.observers.get(stream.channel)
             if group is not None:
@@ -143,20 +148,22 @@ class Hub:
                     del self.observers[stream.channel]
 
     def ticket_streams(self, channel: str | None = None) -> list[Stream]:
-        return [s for (ch, _), s in self.tickets.items() if channel is None or ch == channel]
+        if channel is None:
+            return [s for group in self.tickets.values() for s in group.values()]
+        return list(self.tickets.get(channel, {}).values())
 
     def counts(self) -> tuple[int, int]:
-        return len(self.tickets), sum(len(g) for g in self.observers.values())
+        return sum(len(g) for g in self.tickets.values()), sum(len(g) for g in self.observers.values())
 
     # -------------------------------------------------------------- feed
 
     def on_batch(self, batch: EventBatch) -> None:
         channel = batch.channel
         observers = self.observers.get(channel)
-        tickets = self.tickets
+        tickets = self.tickets.get(channel)
         for event in batch.events:
             if event.request_id is not None:
-                stream = tickets.get((channel, event.request_id))
+                stream = tickets.get(event.request_id) if tickets is not None else None
                 if stream is None:
                     continue
                 if event.name is not None:
@@ -169,12 +176,12 @@ class Hub:
                     # Another process's stream took this ticket over: end ours without starting a grace.
                     stream.replaced = True
                     stream.close()
-                    del tickets[(channel, event.request_id)]
+                    self.discard(stream)
                     continue
                 if event.final:
                     stream.ticket_over = True
                     stream.close()
-                    del tickets[(channel, event.request_id)]
+                    self.discard(stream)
             elif observers and event.name is not None:
                 frame = encode_frame(event.name, event.data)
                 for observer in observers:
@@ -186,8 +193,9 @@ class Hub:
     # -------------------------------------------------------------- lifecycle
 
     def keepalive(self) -> None:
-        for stream in self.tickets.values():
-            stream.push(KEEPALIVE_FRAME)
+        for tickets in self.tickets.values():
+            for stream in tickets.values():
+                stream.push(KEEPALIVE_FRAME)
         for group in self.observers.values():
             for stream in group:
                 stream.push(KEEPALIVE_FRAME)
@@ -195,7 +203,7 @@ class Hub:
     def shutdown(self, reason: str) -> None:
         """Tell every stream the server is stopping; clients resubscribe elsewhere and keep their places."""
         frame = encode_frame("server-shutdown", {"reason": reason})
-        streams = list(self.tickets.values()) + [s for g in self.observers.values() for s in g]
+        streams = self.ticket_streams() + [s for g in self.observers.values() for s in g]
         for stream in streams:
             stream.push(frame)
             stream.replaced = True  # not a disconnect: the ticket keeps its place
