@@ -50,6 +50,7 @@ from .errors import is_connection_lost, is_unavailable, unavailable
 from .feed import Feed
 from .group import Group
 from .payload import Envelope, encode
+from .spares import Spares
 from .unit import PostgresUnit, probe_rows
 from .url import parse_postgres_url
 
@@ -80,6 +81,7 @@ class PostgresBackend(Backend):
         self._queued: dict[str, list[tuple[str | None, str | None]]] = {}
         self._groups: dict[str, Group] = {}  # open transactions handed from one unit to the next
         self._orphans: set[asyncio.Task[None]] = set()
+        self._spares = Spares(min(4, max(1, self.options.pool_size // 2)), self._discard_spare)
         self.migrated: tuple[int, int] = (0, 0)  # the schema versions before and after the last open
 
     # ---------------------------------------------------------------- connections
@@ -191,6 +193,7 @@ class PostgresBackend(Backend):
             await self._commit_orphan(channel, self._lock_for(channel))
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=10)
+        await self._spares.close()
         feed, self._feed = self._feed, None
         if feed is not None:
             await feed.stop()
@@ -253,19 +256,12 @@ class PostgresBackend(Backend):
         try:
             group = self._groups.pop(channel, None)
             if group is None:
-                held = await self._begin()
                 # The probe looks up the tickets named by this unit and by every unit queued behind it, which
                 # will likely carry the transaction on: each then knows whether its ticket exists.
                 named = [names, *self._queued.get(channel, ())]
                 clients = list({c for c, _ in named if c is not None})
                 requests = list({r for _, r in named if r is not None})
-                try:
-                    unit = await self._lock_and_probe(held[1], channel, clients, requests)
-                except BaseException:
-                    await _complete(self._rollback(held))
-                    await self._release(held)
-                    raise
-                group = Group(unit, self.origin, held)
+                group = await self._start_group(channel, clients, requests)
             else:
                 group.unit.carry_on()
             unit = group.unit
@@ -292,6 +288,29 @@ class PostgresBackend(Backend):
         if handed_over is not None:
             # The next unit of the channel carries the transaction on; the last one commits for all.
             await handed_over
+
+    async def _start_group(self, channel: str, clients: list[str], requests: list[str]) -> Group:
+        """A transaction with the channel's row locked and probed: on a parked connection if there is one (its
+        transaction already begun), else on one from the pool."""
+        spare = self._spares.take()
+        for held in (spare, None):
+            fresh = held is None
+            if held is None:
+                held = await self._begin()
+            try:
+                unit = await self._lock_and_probe(held[1], channel, clients, requests)
+            except BaseException as exc:
+                await _complete(self._rollback(held))
+                await self._release(held)
+                if not fresh and isinstance(exc, Exception) and is_connection_lost(exc):
+                    continue  # the parked connection had died: once more on a fresh one
+                raise
+            return Group(unit, self.origin, held)
+        raise AssertionError("unreachable")
+
+    async def _discard_spare(self, held: Held) -> None:
+        await self._rollback(held)
+        await self._release(held)
 
     def _leave_queue(self, channel: str, names: tuple[str | None, str | None]) -> None:
         queue = self._queued.get(channel)
@@ -405,14 +424,17 @@ class PostgresBackend(Backend):
         versions = [v for v, _ in group.batches if v is not None]
         if versions:
             feed.committing(unit.row.id, versions[0])
+        # Ending with BEGIN parks the connection for the next group (see .spares).
+        park = self._spares.wanted()
+        then = ";\nBEGIN" if park else ""
         try:
             try:
                 if not (unit.changed or group.payloads):
-                    await held[1].execute("ROLLBACK")  # nothing written: no commit record to flush
+                    await held[1].execute("ROLLBACK" + then)  # nothing written: no commit record to flush
                 else:
                     try:
                         await held[1].execute(
-                            q.commit_script(unit, self.options.notify_channel, group.payloads)
+                            q.commit_script(unit, self.options.notify_channel, group.payloads) + then
                         )
                     except Exception as exc:
                         if is_connection_lost(exc):
@@ -427,7 +449,12 @@ class PostgresBackend(Backend):
                 if error is exc:
                     raise
                 raise error from exc
-        finally:
+        except BaseException:
+            await self._release(held)
+            raise
+        if park:
+            self._spares.park(held)
+        else:
             await self._release(held)
         for position, batch in group.batches:
             feed.local(unit.row.id, position, batch)
