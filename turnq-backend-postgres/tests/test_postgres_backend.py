@@ -219,7 +219,9 @@ async def test_restart_grace_tells_other_processes(pg_url: str) -> None:
         rid, _ = await service.enqueue("g", "c1")
         await service.attach("g", "c1", rid, "s1")
         # b hears a's batches a moment later: wait for the attach's before listening for what comes next
-        await heard.until(lambda: any(e.data.get("attachment") == "s1" for x in heard.batches for e in x.events))
+        await heard.until(
+            lambda: any(e.data.get("attachment") == "s1" for x in heard.batches for e in x.events)
+        )
         heard.clear()
         now = service.clock()
         await a.restart_grace(now, 3000)
