@@ -1,13 +1,13 @@
 """The SSE hub: maps open streams to tickets and channels, and forwards committed events to them.
 
 The hub listens to the backend's feed (a plain callback, no task per event). Each stream is a small object with an
-inbox of pre-encoded frames and one future its request handler waits on; the handler task that aiohttp already
-runs for the request is the only task a stream costs. Frames for observers are encoded once per event, not once
+inbox of pre-encoded frames and one future its response waits on, in the task aiohttp already runs for the
+request: a stream costs no task of its own. Frames for observers are encoded once per event, not once
 per observer.
 
 An idle stream is what a deep queue is made of (thousands of waiters each holding one open), so what a stream keeps
-while it waits is kept small: no inbox list until a frame arrives, and the handler awaits the future itself rather
-than a coroutine that awaits it.
+while it waits is kept small: no inbox list until a frame arrives, and the response awaits the future itself
+rather than a coroutine that awaits it.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def encode_frame(name: str, data: dict[str, Any]) -> bytes:
 
 
 class Stream:
-    """One open SSE response's outgoing side: frames queued by the hub, written by the request handler.
+    """One open SSE response's outgoing side: frames queued by the hub, written by the response.
 
-    ``ticket_over`` tells the handler the ticket ended (no grace needed); ``replaced`` that a newer stream took
+    ``ticket_over`` tells the stream's end the ticket ended (no grace needed); ``replaced`` that a newer stream took
     over the ticket (its closing must change nothing).
     """
 
@@ -101,7 +101,7 @@ class Stream:
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def wait(self) -> asyncio.Future[None]:
-        """A future that completes when frames arrive or the stream is told to end. The handler awaits it
+        """A future that completes when frames arrive or the stream is told to end. The response awaits it
         directly: a coroutine wrapped around it would cost every idle stream a suspended frame."""
         waiter = self.waiter
         if waiter is None:
