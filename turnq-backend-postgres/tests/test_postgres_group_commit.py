@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-from turnq.backends.postgres import PostgresBackend
+from turnq.backends.postgres import PostgresBackend, spares
 from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService
 
 
@@ -147,3 +147,31 @@ async def test_a_group_handed_to_a_caller_that_gave_up_is_still_committed(backen
     await asyncio.wait_for(holder, 10)  # answered: its unit was committed by someone
     assert [c for c, _ in await stored(backend, "ch")] == ["first"]
     assert (await service.enqueue("ch", "next"))[1] == 1  # the channel is free
+
+
+async def _state_of(backend: PostgresBackend, pid: int) -> str:
+    conn = await asyncpg.connect(backend.options.dsn)
+    try:
+        return str(await conn.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid))
+    finally:
+        await conn.close()
+
+
+async def test_a_committed_group_parks_its_connection_with_a_transaction_begun(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spares, "PARK_S", 0.3)
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    await service.enqueue("ch", "a")
+    parked = [held[1].get_server_pid() for held, _ in backend._spares._parked]
+    assert len(parked) == 1
+    assert await _state_of(backend, parked[0]) == "idle in transaction"
+    await service.enqueue("ch", "b")  # the next group starts on it (and parks it again)
+    assert [held[1].get_server_pid() for held, _ in backend._spares._parked] == parked
+    await asyncio.sleep(0.6)  # unused for PARK_S: rolled back and returned to the pool
+    assert not backend._spares._parked
+    if backend._spares._discarding:
+        await asyncio.wait(set(backend._spares._discarding), timeout=10)
+    assert await _state_of(backend, parked[0]) == "idle"
+    assert [c for c, _ in await stored(backend, "ch")] == ["a", "b"]
