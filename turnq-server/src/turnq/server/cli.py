@@ -87,11 +87,12 @@ def serve(args: argparse.Namespace) -> int:
         log.warning(
             "running WITHOUT authentication (--insecure-no-auth): anyone who reaches the port is an admin"
         )
-    print(
-        f"turnq serving on http://{config.host}:{config.port} with {redact_url(config.database_url)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    serving = f"turnq serving on http://{config.host}:{config.port} with {redact_url(config.database_url)}"
+
+    def say_serving(_aiohttp_banner: str) -> None:
+        # Called once the backend is open and the port is bound, so the line is true when it appears.
+        print(serving, file=sys.stderr, flush=True)
+
     tune_gc()
     try:
         web.run_app(
@@ -101,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
             handler_cancellation=True,
             access_log_class=AccessLogger,
             access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-            print=None,
+            print=say_serving,
             shutdown_timeout=10,
             loop=new_event_loop(),
         )
