@@ -2,8 +2,10 @@
 
 For each backend: 20 clients x 50 zero-work turns on one channel through a real `turnq serve` (turns/s, handoff
 p50/p99, server CPU per turn from /proc), and, measured in the same run, the store's single-writer commit rate
-(one tiny UPDATE per transaction, same driver, same durability settings). A turn needs one commit (a release that
-grants the next holder is one transaction), so the commit rate is the ceiling a backend's turn rate approaches.
+(one tiny UPDATE per transaction, same driver, same durability settings), and the commits the server actually made
+per turn (``turnq_store_commits_total``). A turn has two operations that must be durable before they are
+announced (the enqueue, and the release that grants the next holder); concurrent operations share commits, so
+under load a turn costs fewer than two.
 
     uv run python bench/backends_bench.py [--runs 3] [--backends memory,sqlite,postgres]
 """
@@ -11,18 +13,20 @@ grants the next holder is one transaction), so the commit rate is the ceiling a 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
-from server_bench import Result, Server, scenario_a
+from server_bench import KEY, Result, Server, scenario_a
 
 PG_DSN = os.environ.get("TURNQ_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 FLOOR_SECONDS = 3.0
@@ -94,18 +98,37 @@ class PostgresDatabase:
             await conn.close()
 
 
+def store_commits(server: Server) -> float:
+    """The server's count of committed transactions (``turnq_store_commits_total`` on /metrics)."""
+    request = urllib.request.Request(f"{server.url}/metrics", headers={"x-api-key": KEY})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("turnq_store_commits_total "):
+                return float(line.split()[1])
+    raise RuntimeError("no turnq_store_commits_total on /metrics")
+
+
+async def measured(server: Server) -> Result:
+    """Scenario a, with the server's commits per turn in ``extra``."""
+    before = await asyncio.to_thread(store_commits, server)
+    result = await scenario_a(server)
+    after = await asyncio.to_thread(store_commits, server)
+    result.extra["commits_per_turn"] = (after - before) / result.turns
+    return result
+
+
 async def one_run(backend: str) -> tuple[Result, float | None]:
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "memory":
             async with Server("memory://") as server:
-                return await scenario_a(server), None
+                return await measured(server), None
         if backend == "sqlite":
             async with Server(f"sqlite:///{tmp}/bench.db") as server:
-                result = await scenario_a(server)
+                result = await measured(server)
             return result, await sqlite_commit_rate(f"{tmp}/floor.db")
         async with PostgresDatabase(PG_DSN) as dsn:
             async with Server(dsn) as server:
-                result = await scenario_a(server)
+                result = await measured(server)
             return result, await postgres_commit_rate(dsn)
 
 
@@ -135,7 +158,7 @@ async def main() -> None:
 
     header = (
         f"{'backend':9} {'turns/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu/turn ms':>11} "
-        f"{'store commits/s':>15} {'turns/commit floor':>18}"
+        f"{'commits/turn':>12} {'store commits/s':>15} {'turns/commit floor':>18}"
     )
     print(f"20 clients x 50 turns, one channel; medians of {args.runs} runs")
     print(header)
@@ -148,7 +171,7 @@ async def main() -> None:
         print(
             f"{backend:9} {tps:8.0f} {med([r.pct(0.5) for r in results]):7.3f} "
             f"{med([r.pct(0.99) for r in results]):7.3f} {med([r.cpu_per_turn_ms for r in results]):11.3f} "
-            f"{floor_text} {ratio}"
+            f"{med([r.extra['commits_per_turn'] for r in results]):12.2f} {floor_text} {ratio}"
         )
 
 

@@ -325,3 +325,26 @@ async def test_units_cancelled_anywhere_leave_the_writer_usable(tmp_path: Path) 
         assert len(line) == (await service.get_channel(f"ch{ch}")).depth
     assert (await asyncio.wait_for(service.enqueue("ch0", "late"), 10))[0]
     await backend.close()
+
+
+async def test_units_ending_together_share_a_commit(tmp_path: Path) -> None:
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/t.db")
+    await backend.open()
+    try:
+        service = TurnService(backend)
+        for ch in range(4):
+            await service.create_channel(ChannelSpec(f"ch{ch}"))
+        before = backend.unit_commits
+        results = await asyncio.wait_for(
+            asyncio.gather(*(service.enqueue(f"ch{i % 4}", f"c{i}") for i in range(40))), 30
+        )
+        assert sorted(p for _, p in results) == sorted(list(range(10)) * 4)
+        assert 1 <= backend.unit_commits - before < 10  # 40 units, a handful of commits
+    finally:
+        await backend.close()
+    reopened = SqliteBackend(f"sqlite:///{tmp_path}/t.db")
+    await reopened.open()
+    try:
+        assert [(await reopened.get_channel(f"ch{ch}")).depth for ch in range(4)] == [10] * 4  # type: ignore[union-attr]
+    finally:
+        await reopened.close()

@@ -194,8 +194,10 @@ async def test_metrics_families(server: Server) -> None:
         "turnq_wait_duration_seconds",
         "turnq_hold_duration_seconds",
         "turnq_timeouts_total",
+        "turnq_store_commits_total",
     ):
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
+    assert "turnq_store_commits_total 0.0" in text  # the memory backend commits nothing
     assert 'turnq_queue_depth{channel="m"} 1.0' in text
     assert 'turnq_requests_total{method="POST",path="/channels/{name}/enqueue",status="200"} 2.0' in text
     status, _ = await server.call("GET", f"{server.url}/metrics", key=None)

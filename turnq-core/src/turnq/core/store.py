@@ -109,6 +109,9 @@ class Backend(ABC):
     durable: bool = False
     # Stamped on the batches this process commits, so listeners can tell them from other processes' batches.
     origin: str = ""
+    # Transactions this process has committed for units of work (stores without transactions leave it at 0).
+    # Fewer commits than units means units are sharing them; the server exports it as a metric.
+    unit_commits: int = 0
 
     @abstractmethod
     async def open(self) -> None:

@@ -7,6 +7,7 @@ with several replicas on one database each turn is counted once, by the replica 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,8 +17,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from turnq.core import EventBatch
+from prometheus_client.registry import Collector
+from turnq.core import Backend, EventBatch
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -25,11 +28,27 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # the original expos
 TIMEOUT_REASONS = ("lease_expired", "max_wait_exceeded", "disconnected", "aborted", "force_released")
 
 
+class _StoreCommits(Collector):
+    """The backend's count of committed units of work, read when scraped."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "turnq_store_commits",
+            "Transactions committed for units of work (units share them under load)",
+            value=self.backend.unit_commits,
+        )
+
+
 class Metrics:
-    def __init__(self, origin: str = "") -> None:
+    def __init__(self, origin: str = "", backend: Backend | None = None) -> None:
         self.origin = origin
         self.registry = CollectorRegistry()
         r = self.registry
+        if backend is not None:
+            r.register(_StoreCommits(backend))
         self.requests = Counter(
             "turnq_requests_total",
             "HTTP requests by method, route and status",

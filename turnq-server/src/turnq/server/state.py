@@ -35,7 +35,7 @@ class ServerState:
         self.auth = Authenticator(config.keys, required=not config.insecure_no_auth)
         self.hub = Hub()
         self.reaper = Reaper(self.service)
-        self.metrics = Metrics(origin=backend.origin)
+        self.metrics = Metrics(origin=backend.origin, backend=backend)
         self.positions = PositionRefresher(self.service, self.hub, self.spawn, config.position_refresh_s)
         self.started = time.monotonic()
         self.instance = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"

@@ -452,6 +452,8 @@ class PostgresBackend(Backend):
         except BaseException:
             await self._release(held)
             raise
+        if unit.changed or group.payloads:
+            self.unit_commits += 1
         if park:
             self._spares.park(held)
         else:

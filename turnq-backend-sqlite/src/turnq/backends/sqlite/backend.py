@@ -124,7 +124,7 @@ class SqliteBackend(Backend):
                 log.warning("SQLite at %s runs in %s mode, not WAL", redact_url(self.url), mode)
             self.migrated = await self._migrate()
             self._load(*await writer.run(_read_store))
-            self._journal = Journal(writer, self._listeners.publish, self._commit_failed)
+            self._journal = Journal(writer, self._listeners.publish, self._commit_failed, self._count_commit)
         except BaseException:
             await self.close()
             await engine.dispose()
@@ -309,6 +309,9 @@ class SqliteBackend(Backend):
         # If this caller is cancelled while waiting, the commit (and the publishing) goes on without it.
         if done is not None:
             await done
+
+    def _count_commit(self) -> None:
+        self.unit_commits += 1
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.add(listener)
