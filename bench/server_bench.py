@@ -5,6 +5,7 @@ Scenarios (each run 3 times; the table shows medians):
   b  50 channels x 4 clients: aggregate turns/s, handoff p50/p99, server CPU per turn
   c  2,000 waiters enqueued and subscribed, then drained: total time, turns/s of the first vs last 10%
   d  5,000 idle subscribed waiters: server RSS per waiter
+  e  b with each turn held 40 ms (about half the server's capacity): handoff p50/p99 under load
 
 Handoff latency is measured inside the load generator: the time from sending the holder's release to receiving
 the next holder's your-turn. Server CPU comes from /proc/PID/stat, so the load generator sharing the machine does
@@ -14,7 +15,8 @@ CPU per turn, server_core the share of one core the server used (near 1: the ser
 
 In a and b every channel is always in a handoff (zero-work turns, the next holder already waiting), so by
 Little's law the mean handoff is channels / turns/s: once the server is saturated, b's handoff is the time a
-release waits behind the other 49 channels' work in the server, about 50 x its CPU per turn.
+release waits behind the other 49 channels' work in the server, about 50 x its CPU per turn. e offers b's
+channels a load the server can carry, so its handoff is the server's latency at that load.
 
     uv run python bench/server_bench.py                      # memory backend, all scenarios
     uv run python bench/server_bench.py --backends memory,sqlite --scenarios a,b
@@ -190,7 +192,9 @@ def handoffs(grants: dict[int, float], releases: dict[int, float]) -> list[float
     return [1000 * (grants[t + 1] - releases[t]) for t in releases if t + 1 in grants]
 
 
-async def run_channels(server: Server, channels: int, clients: int, turns: int, processes: int = 1) -> Result:
+async def run_channels(
+    server: Server, channels: int, clients: int, turns: int, processes: int = 1, hold_s: float = 0.0
+) -> Result:
     """``clients`` clients on each of ``channels`` channels taking ``turns`` zero-work turns, driven by the lean
     generator of turndriver.py. ``processes`` > 1 splits the channels over that many load-generator processes
     (each channel's clients stay in one, so one process sees all of a channel's tokens). The clock and the server
@@ -209,7 +213,7 @@ async def run_channels(server: Server, channels: int, clients: int, turns: int, 
         nonlocal cpu0
         cpu0 = server.stats.cpu_seconds()
 
-    driven = await turndriver.drive(parts, turns, KEY, on_start)
+    driven = await turndriver.drive(parts, turns, KEY, on_start, hold_s=hold_s)
     cpu = server.stats.cpu_seconds() - cpu0
     result = Result(turns=channels * clients * turns, seconds=driven.seconds, cpu_s=cpu)
     # Whether the numbers are the server's: the generator's own CPU per turn, and how much of its one core the
@@ -230,6 +234,12 @@ async def scenario_b(server: Server) -> Result:
     # Two generator processes (the scenario's historical split); with turndriver one would do as well: the
     # server is the bottleneck either way.
     return await run_channels(server, 50, 4, 10, processes=2)
+
+
+async def scenario_e(server: Server) -> Result:
+    # b's shape with each turn held 40 ms: the 50 channels offer about half of what the server can do, so a
+    # handoff shows the server's latency under load, not the length of its queue (as in b, see above).
+    return await run_channels(server, 50, 4, 10, processes=2, hold_s=0.040)
 
 
 async def scenario_c(server: Server, waiters: int = 2000) -> Result:
@@ -311,6 +321,7 @@ SCENARIOS: dict[str, Callable[[Server], Awaitable[Result]]] = {
     "b": scenario_b,
     "c": scenario_c,
     "d": scenario_d,
+    "e": scenario_e,
 }
 
 
@@ -323,7 +334,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backends", default="memory", help="comma-separated: memory, sqlite, postgres")
-    parser.add_argument("--scenarios", default="a,b,c,d")
+    parser.add_argument("--scenarios", default="a,b,c,d,e")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--postgres-dsn",

@@ -239,17 +239,26 @@ _DONE = "done"
 
 
 class TurnClient:
-    """One simulated client: ``turns`` zero-work turns on one channel, as a state machine.
+    """One simulated client: ``turns`` turns on one channel, as a state machine.
 
     enqueuing (POST enqueue, expect 200) -> subscribing (GET subscribe, expect a 200 stream) -> waiting
-    (``queued`` and ``position-updated`` are passed over) -> on ``your-turn``: write the release at once ->
-    releasing (expect the 204 and the end of the stream, in either order) -> the next turn.
+    (``queued`` and ``position-updated`` are passed over) -> on ``your-turn``: hold the turn for ``hold_s``
+    (zero-work turns: none) and write the release -> releasing (expect the 204 and the end of the stream, in
+    either order) -> the next turn.
     """
 
     def __init__(
-        self, run: TurnRun, log: ChannelLog, host: str, key: str, client_id: str, turns: int
+        self,
+        run: TurnRun,
+        log: ChannelLog,
+        host: str,
+        key: str,
+        client_id: str,
+        turns: int,
+        hold_s: float = 0.0,
     ) -> None:
         self.run, self.log, self.client_id, self.left = run, log, client_id, turns
+        self.hold_s = hold_s
         self.post = HttpConn()
         self.stream = HttpConn()
         self.state = _DONE
@@ -329,14 +338,22 @@ class TurnClient:
             except BenchError as exc:
                 self.run.fail(exc)
                 return
-            body = b'%s,"requestId":"%s"}' % (self._release_body, self.request_id.encode())
-            request = b"%s%d\r\n\r\n%s" % (self._release_head, len(body), body)
             self.state = _RELEASING
             self.released = self.ended = False
-            self.log.releases[token] = perf_counter()
-            self.post.write(request)
+            if self.hold_s:
+                asyncio.get_running_loop().call_later(self.hold_s, self._release, token)
+            else:
+                self._release(token)
         elif name not in (b"queued", b"position-updated"):
             self._fail(f"unexpected event {name!r} {data[:200]!r}")
+
+    def _release(self, token: int) -> None:
+        if self.run.finished:
+            return
+        body = b'%s,"requestId":"%s"}' % (self._release_body, self.request_id.encode())
+        request = b"%s%d\r\n\r\n%s" % (self._release_head, len(body), body)
+        self.log.releases[token] = perf_counter()
+        self.post.write(request)
 
     def on_stream_end(self, conn: HttpConn, t: float) -> None:
         if self.run.finished:
@@ -364,7 +381,9 @@ class TurnClient:
 class TurnRun:
     """Clients of one process: ``connect()`` before the clock starts, then ``run()``."""
 
-    def __init__(self, plan: Plan, turns: int, key: str, turn_timeout: float = 60.0) -> None:
+    def __init__(
+        self, plan: Plan, turns: int, key: str, turn_timeout: float = 60.0, hold_s: float = 0.0
+    ) -> None:
         self.turns, self.turn_timeout = turns, turn_timeout
         self.logs: dict[str, ChannelLog] = {}
         self.clients: list[TurnClient] = []
@@ -373,7 +392,7 @@ class TurnRun:
             parts = urlsplit(url)
             assert parts.hostname is not None and parts.port is not None, url
             log = self.logs.setdefault(channel, ChannelLog(channel))
-            client = TurnClient(self, log, parts.netloc, key, f"c{i}-{uuid.uuid4().hex[:12]}", turns)
+            client = TurnClient(self, log, parts.netloc, key, f"c{i}-{uuid.uuid4().hex[:12]}", turns, hold_s)
             self.clients.append(client)
             self.addresses.append((parts.hostname, parts.port))
         self.pending = len(self.clients)
@@ -496,7 +515,12 @@ class Driven:
 
 
 async def drive(
-    plan_parts: Sequence[Plan], turns: int, key: str, on_start: Callable[[], None], timeout: float = 300.0
+    plan_parts: Sequence[Plan],
+    turns: int,
+    key: str,
+    on_start: Callable[[], None],
+    timeout: float = 300.0,
+    hold_s: float = 0.0,
 ) -> Driven:
     """Run each part of the plan in its own process (or, for a single part, in this one).
 
@@ -505,7 +529,7 @@ async def drive(
     clock for every process, so end times and handoffs from all processes compare.
     """
     if len(plan_parts) == 1:
-        run = TurnRun(plan_parts[0], turns, key)
+        run = TurnRun(plan_parts[0], turns, key, hold_s=hold_s)
         async with asyncio.timeout(timeout):
             await run.connect()
             on_start()
@@ -519,7 +543,7 @@ async def drive(
     try:
         for part in plan_parts:
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(theirs, list(part), turns, key), daemon=True)
+            proc = ctx.Process(target=_worker, args=(theirs, list(part), turns, key, hold_s), daemon=True)
             proc.start()
             theirs.close()
             pipes.append(mine)
@@ -604,13 +628,13 @@ def _expect(message: tuple[str, object], kind: str) -> object:
 _Done = tuple[float, float, Logs]  # a worker's end time, CPU seconds and logs
 
 
-def _worker(pipe: Pipe, plan: list[tuple[str, str]], turns: int, key: str) -> None:
+def _worker(pipe: Pipe, plan: list[tuple[str, str]], turns: int, key: str, hold_s: float) -> None:
     """A load-generator process: connect, say ready, wait for go, run, send back (end time, CPU, logs)."""
     # As in the parent: no full collection in the middle of a measurement.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        pipe.send(("done", uvloop.run(_work(pipe, plan, turns, key))))
+        pipe.send(("done", uvloop.run(_work(pipe, plan, turns, key, hold_s))))
     except BenchError as exc:
         pipe.send(("error", str(exc)))  # says what went wrong and where; the stack would add nothing
     except BaseException as exc:
@@ -619,8 +643,8 @@ def _worker(pipe: Pipe, plan: list[tuple[str, str]], turns: int, key: str) -> No
         pipe.close()
 
 
-async def _work(pipe: Pipe, plan: list[tuple[str, str]], turns: int, key: str) -> _Done:
-    run = TurnRun(plan, turns, key)
+async def _work(pipe: Pipe, plan: list[tuple[str, str]], turns: int, key: str, hold_s: float) -> _Done:
+    run = TurnRun(plan, turns, key, hold_s=hold_s)
     await run.connect()
     pipe.send(("ready", None))
     async with asyncio.timeout(120):
