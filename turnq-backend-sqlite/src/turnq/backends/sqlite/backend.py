@@ -250,15 +250,19 @@ class SqliteBackend(Backend):
             await done
 
     async def get_channel(self, name: str) -> ChannelView | None:
-        self._open_journal()
+        journal = self._open_journal()
         await self._ready()
         state = self._channels.get(name)
-        return state.view() if state is not None and not state.deleted else None
+        view = state.view() if state is not None and not state.deleted else None
+        await _committed(journal)
+        return view
 
     async def list_channels(self) -> list[ChannelView]:
-        self._open_journal()
+        journal = self._open_journal()
         await self._ready()
-        return [s.view() for _, s in sorted(self._channels.items()) if not s.deleted]
+        views = [s.view() for _, s in sorted(self._channels.items()) if not s.deleted]
+        await _committed(journal)
+        return views
 
     # ---------------------------------------------------------------- units
 
@@ -339,6 +343,14 @@ class SqliteBackend(Backend):
     async def heartbeat(self, instance: str, now: int) -> bool:
         detached, self._detached_all = self._detached_all, False
         return not detached
+
+
+async def _committed(journal: Journal) -> None:
+    """Wait until what memory holds now is on disk: a view taken from memory is answered only then, so nobody
+    sees a change that a failing commit could still take back."""
+    done = journal.submit([], None)
+    if done is not None:
+        await done
 
 
 def _nearest_deadline(state: StoredChannel) -> int | None:
