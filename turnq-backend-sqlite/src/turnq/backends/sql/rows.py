@@ -68,21 +68,36 @@ class ChannelRow:
 
     def write_params(self) -> tuple[Any, ...]:
         """Values for ``UPDATE … SET fencing, seq, ticket_count, graced_count, version, holder_* … WHERE id``."""
-        h = self.holder
-        return (
-            self.fencing,
-            self.seq,
-            self.ticket_count,
-            self.graced_count,
-            self.version,
-            h.client_id if h else None,
-            h.request_id if h else None,
-            h.granted_at if h else None,
-            h.lease_deadline if h else None,
-            h.fencing_token if h else None,
-            h.enqueued_at if h else None,
-            self.id,
+        return channel_write_params(
+            self.id, self.fencing, self.seq, self.ticket_count, self.graced_count, self.version, self.holder
         )
+
+
+def channel_write_params(
+    channel_id: int,
+    fencing: int,
+    seq: int,
+    ticket_count: int,
+    graced_count: int,
+    version: int,
+    holder: Grant | None,
+) -> tuple[Any, ...]:
+    """A channel row's values in CHANNEL_WRITE_COLUMNS order, then its id (for the WHERE)."""
+    h = holder
+    return (
+        fencing,
+        seq,
+        ticket_count,
+        graced_count,
+        version,
+        h.client_id if h else None,
+        h.request_id if h else None,
+        h.granted_at if h else None,
+        h.lease_deadline if h else None,
+        h.fencing_token if h else None,
+        h.enqueued_at if h else None,
+        channel_id,
+    )
 
 
 # The SET list matching ChannelRow.write_params (the id comes last, for the WHERE).

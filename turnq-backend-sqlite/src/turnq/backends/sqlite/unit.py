@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from turnq.backends.sql.rows import channel_write_params
 from turnq.core import Ticket
 from turnq.core.memory import ChannelState, MemoryUnit
 
@@ -41,20 +42,14 @@ class StoredChannel(ChannelState):
 
     def row_params(self) -> tuple[Any, ...]:
         """Values for UPDATE_CHANNEL (the row's counters and holder, then the id)."""
-        h = self.holder
-        return (
+        return channel_write_params(
+            self.id,
             self.fencing,
             self.seq,
             len(self.tickets),
             len(self.grace_index),
             self.version,
-            h.client_id if h else None,
-            h.request_id if h else None,
-            h.granted_at if h else None,
-            h.lease_deadline if h else None,
-            h.fencing_token if h else None,
-            h.enqueued_at if h else None,
-            self.id,
+            self.holder,
         )
 
 
