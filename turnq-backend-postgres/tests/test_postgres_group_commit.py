@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 from turnq.backends.postgres import PostgresBackend, spares
+from turnq.backends.postgres import backend as pg_backend
 from turnq.core import ChannelSpec, ErrorCode, Ticket, TurnqError, TurnService
 
 
@@ -161,6 +162,7 @@ async def test_a_committed_group_parks_its_connection_with_a_transaction_begun(
     backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spares, "PARK_S", 0.3)
+    monkeypatch.setattr(pg_backend, "BUSY_S", 0.0)  # no channel counts as busy: every commit parks
     service = TurnService(backend)
     await service.create_channel(ChannelSpec("ch"))
     await service.enqueue("ch", "a")
@@ -175,3 +177,38 @@ async def test_a_committed_group_parks_its_connection_with_a_transaction_begun(
         await asyncio.wait(set(backend._spares._discarding), timeout=10)
     assert await _state_of(backend, parked[0]) == "idle"
     assert [c for c, _ in await stored(backend, "ch")] == ["a", "b"]
+
+
+async def _row_is_locked(backend: PostgresBackend, channel: str) -> bool:
+    conn = await asyncpg.connect(backend.options.dsn)
+    try:
+        await conn.execute(f"SET search_path = {backend.options.schema}")
+        async with conn.transaction():
+            try:
+                await conn.fetch("SELECT 1 FROM turnq_channels WHERE name = $1 FOR UPDATE NOWAIT", channel)
+            except asyncpg.LockNotAvailableError:
+                return True
+        return False
+    finally:
+        await conn.close()
+
+
+async def test_a_busy_channel_has_its_next_group_started_ahead(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_backend, "READY_S", 0.5)
+    service = TurnService(backend)
+    await service.create_channel(ChannelSpec("ch"))
+    await service.enqueue("ch", "a")
+    assert "ch" not in backend._prepared  # one commit: not busy yet
+    await service.enqueue("ch", "b")
+    assert "ch" in backend._prepared  # two in a row: the next group is started at once
+    assert await _row_is_locked(backend, "ch")
+    assert (await service.enqueue("ch", "c"))[1] == 2  # claims it
+    assert [c for c, _ in await stored(backend, "ch")] == ["a", "b", "c"]
+    await asyncio.sleep(0.8)  # unclaimed for READY_S: rolled back, the row free for everyone
+    assert "ch" not in backend._prepared
+    if backend._orphans:
+        await asyncio.wait(set(backend._orphans), timeout=10)
+    assert not await _row_is_locked(backend, "ch")
+    assert (await service.enqueue("ch", "d"))[1] == 3
