@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
 from server_kit import ADMIN_KEY, Server, make_config, running_server
 from turnq.core.memory import MemoryBackend
+from turnq.server.app import STATE_KEY
 from turnq.server.hub import Stream
 from turnq.server.routes import ObserverEventSource, TicketEventSource, _query
 from turnq.server.state import ServerState
@@ -365,3 +366,19 @@ async def test_deep_waiters_hear_their_positions_from_the_refresh() -> None:
         finally:
             deep.close()
             near.close()
+
+
+async def test_a_line_that_only_grows_arms_no_position_refresh() -> None:
+    """Positions change only when a ticket leaves; joining at the back and subscribing read nothing later."""
+    async with running_server(make_config(position_refresh_s=0.3)) as server:
+        refresher = server.app[STATE_KEY].positions
+        ch = await server.create("growing", leaseMs=60000)
+        rids = [(await server.enqueue(ch, f"c{i}"))[0] for i in range(3)]
+        stream = await server.subscribe(ch, "c2", rids[2])
+        try:
+            assert await stream.expect("queued") == {"channel": ch, "requestId": rids[2], "position": 2}
+            assert ch not in refresher._timers
+            await server.release(ch, "c0", rids[0])
+            assert ch in refresher._timers  # someone left: the line moved
+        finally:
+            stream.close()

@@ -38,7 +38,9 @@ class PositionRefresher:
             if timer is not None:
                 timer.cancel()
             return
-        if not batch.events or channel in self._timers:
+        # The line moves only when a ticket leaves it (its final event); tickets joining at the back, or
+        # streams attaching, change nobody's position, so they arm no refresh.
+        if channel in self._timers or not any(event.final for event in batch.events):
             return
         self._timers[channel] = asyncio.get_running_loop().call_later(self.interval_s, self._due, channel)
 
