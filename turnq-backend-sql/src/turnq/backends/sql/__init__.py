@@ -4,7 +4,7 @@ It holds what does not depend on the database engine: the schema as SQLAlchemy C
 migrations, the conversion between rows and the core model, and :class:`SqlUnit`, a
 :class:`~turnq.core.ChannelUnit` that answers most reads from what the unit already knows and holds writes back
 until a read needs them or the unit commits, so a turn costs a handful of round trips whatever the engine.
-It ships with turnq-backend-sqlite because every turnq server installs that backend as its default.
+It is a distribution of its own, turnq-backend-sql, which both durable backends depend on.
 """
 
 from .listeners import ListenerSet
