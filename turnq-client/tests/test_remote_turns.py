@@ -392,3 +392,60 @@ def test_server_restart_keeps_holder_and_waiter(tmp_path: Path, channel: str) ->
             second.stop()
     finally:
         first.stop()
+
+
+class WriteLockHolder:
+    """Another program holding the SQLite file's write lock: the server's commits fail with 503 meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.holding = threading.Event()
+        self.let_go = threading.Event()
+        self.thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        import sqlite3
+
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        self.holding.set()
+        self.let_go.wait(20)
+        db.execute("ROLLBACK")
+        db.close()
+
+    def __enter__(self) -> WriteLockHolder:
+        self.thread.start()
+        assert self.holding.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.let_go.set()
+        self.thread.join(10)
+
+
+def test_enqueue_and_release_ride_out_a_briefly_unavailable_store(tmp_path: Path, channel: str) -> None:
+    """While the store cannot commit, the server answers 503; the client's enqueue and release retry (bounded)
+    and go through once it can, each applied once."""
+    server = ServerProcess(database_url=f"sqlite:///{tmp_path / 'turnq.db'}?busy_timeout=100")
+    try:
+        with TurnqClient(server.url, API_KEY, timeout=5) as client:
+            client.create_channel(channel)
+            lock = WriteLockHolder(tmp_path / "turnq.db")
+            with lock:
+                threading.Timer(1.0, lock.let_go.set).start()
+                started = time.monotonic()
+                turn = client.turn(channel)
+                turn.__enter__()  # its enqueue met 503s until the lock was let go
+                assert time.monotonic() - started >= 0.9
+            view = client.queue(channel)
+            assert view.holder is not None and view.holder.client_id == turn.client_id and not view.queue
+            lock = WriteLockHolder(tmp_path / "turnq.db")
+            with lock:
+                threading.Timer(1.0, lock.let_go.set).start()
+                turn.__exit__(None, None, None)  # its release met 503s too
+            assert client.queue(channel).holder is None
+            with client.turn(channel) as again:  # the channel is free and works as before
+                assert again.fencing_token > turn.fencing_token
+    finally:
+        server.stop()
+    assert b"reloading from the file" in server.log.read_bytes()

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("turnq.client")
 
+# How long an enqueue or a release keeps retrying while the service answers 503 or cannot be reached: long enough
+# for a server or a PostgreSQL restart, short enough that a real outage surfaces as an error.
+UNAVAILABLE_RETRY_S = 15.0
+UNAVAILABLE_MAX_DELAY_S = 2.0
+
 # How long a client keeps trying to get its stream back before it counts the ticket as gone. Longer than the
 # default grace on purpose: after a server restart every ticket starts a fresh grace, so a client that keeps
 # trying through the restart keeps its place.
@@ -105,31 +110,37 @@ class RemoteAsyncTurn(AsyncTurn):
         return self
 
     async def _enqueue(self) -> Enqueued:
-        """Take a ticket, creating the channel on the way if asked to, and surviving a lost answer.
+        """Take a ticket, creating the channel on the way if asked to, and surviving a lost answer or a service
+        that is briefly unavailable (a server or its database restarting).
 
-        A client id is unique to this turn, so when an enqueue's answer is lost (the server may have taken the
-        ticket) the ticket can be found again in the queue view instead of being taken twice.
+        A client id is unique to this turn, so when an enqueue may have been applied without its answer reaching
+        us (a lost connection, a 503 for a commit whose outcome the server could not learn), the ticket is
+        looked for in the queue view instead of being taken twice.
         """
         client_id = self._state.client_id
         assert client_id is not None
-        for attempt in range(3):
+        deadline = asyncio.get_running_loop().time() + UNAVAILABLE_RETRY_S
+        attempt = 0
+        created = False
+        while True:
             try:
                 return await self._client.enqueue(self.channel, client_id)
-            except ServerUnavailableError:
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))
-                with contextlib.suppress(ServerUnavailableError):
-                    found = await self._find_own_ticket()
-                    if found is not None:
-                        return found
             except TurnqError as exc:
+                if exc.code is ErrorCode.BACKEND_UNAVAILABLE:
+                    await _back_off(exc, attempt, deadline)
+                    attempt += 1
+                    with contextlib.suppress(TurnqError):
+                        found = await self._find_own_ticket()
+                        if found is not None:
+                            return found
+                    continue
                 if exc.code is ErrorCode.ALREADY_QUEUED:
                     found = await self._find_own_ticket()
                     if found is not None:
                         return found
                     raise
-                if exc.code is ErrorCode.CHANNEL_NOT_FOUND and self._create_missing and attempt == 0:
+                if exc.code is ErrorCode.CHANNEL_NOT_FOUND and self._create_missing and not created:
+                    created = True
                     try:
                         await self._client.create_channel(self.channel, lease_ms=self._lease_ms)
                     except TurnqError as create_exc:
@@ -137,7 +148,6 @@ class RemoteAsyncTurn(AsyncTurn):
                             raise exc from create_exc
                     continue
                 raise
-        raise AssertionError("unreachable")
 
     async def _find_own_ticket(self) -> Enqueued | None:
         view = await self._client.queue(self.channel)
@@ -362,26 +372,29 @@ class RemoteAsyncTurn(AsyncTurn):
             await self._stop(self._watcher)
 
     async def _release(self, failure: str | None) -> None:
-        """Release, retrying when the answer is lost on the way (a server restart, a dropped connection).
+        """Release, retrying while the service is unavailable or the answer is lost on the way (a server or its
+        database restarting, a dropped connection).
 
         A retry after an attempt that may have been applied can hear that the ticket is no longer held; that
         means the earlier attempt went through, so it counts as released.
         """
         client_id, request_id = self._ids
-        for attempt in range(4):
+        deadline = asyncio.get_running_loop().time() + UNAVAILABLE_RETRY_S
+        attempt = 0
+        while True:
             try:
                 await self._client.release(
                     self.channel, client_id, request_id, success=failure is None, error=failure
                 )
                 return
-            except ServerUnavailableError:
-                if attempt == 3:
-                    raise
             except TurnqError as exc:
+                if exc.code is ErrorCode.BACKEND_UNAVAILABLE:
+                    await _back_off(exc, attempt, deadline)
+                    attempt += 1
+                    continue
                 if attempt > 0 and exc.code in LOST_CODES and not self._state.lost_event.is_set():
                     return
                 raise
-            await asyncio.sleep(0.2 * (attempt + 1))
 
     @staticmethod
     async def _stop(task: asyncio.Task[None] | None) -> None:
@@ -390,3 +403,12 @@ class RemoteAsyncTurn(AsyncTurn):
             return
         task.cancel()
         await asyncio.wait([task])
+
+
+async def _back_off(exc: TurnqError, attempt: int, deadline: float) -> None:
+    """Wait before retrying an action the service was unavailable for, or re-raise ``exc`` once the next try
+    would come after ``deadline``."""
+    delay = min(UNAVAILABLE_MAX_DELAY_S, 0.1 * 2**attempt)
+    if asyncio.get_running_loop().time() + delay > deadline:
+        raise exc
+    await asyncio.sleep(delay)
