@@ -212,3 +212,30 @@ async def test_a_busy_channel_has_its_next_group_started_ahead(
         await asyncio.wait(set(backend._orphans), timeout=10)
     assert not await _row_is_locked(backend, "ch")
     assert (await service.enqueue("ch", "d"))[1] == 3
+
+
+async def test_a_channel_shared_with_another_server_is_not_held_ahead(pg_url: str) -> None:
+    """Holding a row ahead for this server's next unit would keep another server's units waiting."""
+    a, b = PostgresBackend(pg_url), PostgresBackend(pg_url)
+    await a.open()
+    await b.open()
+    try:
+        sa, sb = TurnService(a), TurnService(b)
+        heard_b = asyncio.Event()
+        a.add_listener(lambda batch: heard_b.set() if batch.origin == b.origin else None)
+        await sa.create_channel(ChannelSpec("ch"))
+        await sa.enqueue("ch", "a1")
+        await sa.enqueue("ch", "a2")
+        assert "ch" in a._prepared  # busy, and nobody else around: held ahead
+        started = asyncio.get_running_loop().time()
+        await sb.enqueue("ch", "b1")  # waits for a's prepared group to be given up (a few ms)
+        assert asyncio.get_running_loop().time() - started < 2
+        await asyncio.wait_for(heard_b.wait(), 10)  # a hears b's commit
+        assert "ch" in a._shared_at
+        await sa.enqueue("ch", "a3")
+        await sa.enqueue("ch", "a4")
+        assert "ch" not in a._prepared  # shared now: not held ahead
+        assert [c for c, _ in await stored(a, "ch")] == ["a1", "a2", "b1", "a3", "a4"]
+    finally:
+        await a.close()
+        await b.close()

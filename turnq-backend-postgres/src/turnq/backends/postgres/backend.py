@@ -60,9 +60,11 @@ T = TypeVar("T")
 Held = tuple[AsyncConnection, asyncpg.Connection]
 
 # A channel that committed twice within BUSY_S is busy: its next group is started as soon as the last commits,
-# and waits READY_S at most for a unit (holding the channel's row lock meanwhile).
+# and waits READY_S at most for a unit (holding the channel's row lock meanwhile), unless another server has
+# committed on the channel within SHARED_S (it would be kept waiting).
 BUSY_S = 0.01
 READY_S = 0.003
+SHARED_S = 2.0
 
 # Serialises schema migrations across processes (a server starting while `turnq db upgrade` runs).
 _MIGRATION_LOCK = 0x7475726E71  # "turnq"
@@ -87,6 +89,7 @@ class PostgresBackend(Backend):
         self._groups: dict[str, Group] = {}  # open transactions handed from one unit to the next
         self._orphans: set[asyncio.Task[None]] = set()
         self._last_commit: dict[str, float] = {}  # loop time of each channel's last commit here
+        self._shared_at: dict[str, float] = {}  # loop time another server last committed on each channel
         # Groups started ahead of their first unit, on busy channels (see _prepare_next).
         self._prepared: dict[str, tuple[asyncio.Task[Group | None], asyncio.TimerHandle]] = {}
         self._spares = Spares(min(4, max(1, self.options.pool_size // 2)), self._discard_spare)
@@ -163,6 +166,7 @@ class PostgresBackend(Backend):
         self._engine = self._make_engine()
         try:
             self.migrated = await self._migrate()
+            self._listeners.add(self._note_other_servers)
             feed = Feed(self._listeners, self.origin, self.options.notify_channel, self._connect)
             feed.on_reconnect = self._resync
             await feed.start(self.options.connect_timeout + self.options.command_timeout)
@@ -207,6 +211,8 @@ class PostgresBackend(Backend):
         feed, self._feed = self._feed, None
         if feed is not None:
             await feed.stop()
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(self._note_other_servers)
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -438,7 +444,13 @@ class PostgresBackend(Backend):
         # once (see _prepare_next); otherwise the connection is parked for any channel (see .spares).
         channel = unit.row.spec.name
         loop = asyncio.get_running_loop()
-        busy = not unit.deleted and loop.time() - self._last_commit.get(channel, -1.0) < BUSY_S
+        now = loop.time()
+        # Busy here, and left alone by other servers lately: holding its row ahead would make them wait.
+        busy = (
+            not unit.deleted
+            and now - self._last_commit.get(channel, -1.0) < BUSY_S
+            and now - self._shared_at.get(channel, -SHARED_S) >= SHARED_S
+        )
         park = not busy and self._spares.wanted()
         then = ";\nBEGIN" if busy or park else ""
         try:
@@ -482,6 +494,13 @@ class PostgresBackend(Backend):
             feed.local(unit.row.id, position, batch)
         feed.committed(unit.row.id)
         group.answer(None)
+
+    def _note_other_servers(self, batch: EventBatch) -> None:
+        if batch.origin and batch.origin != self.origin:
+            if batch.deleted:
+                self._shared_at.pop(batch.channel, None)
+            else:
+                self._shared_at[batch.channel] = asyncio.get_running_loop().time()
 
     def _prepare_next(self, channel: str, held: Held) -> None:
         """Start the channel's next group now, on the connection that just committed (its transaction begun):
