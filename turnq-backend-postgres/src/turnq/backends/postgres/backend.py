@@ -450,6 +450,7 @@ class PostgresBackend(Backend):
             not unit.deleted
             and now - self._last_commit.get(channel, -1.0) < BUSY_S
             and now - self._shared_at.get(channel, -SHARED_S) >= SHARED_S
+            and len(self._prepared) < self._spares.limit  # never more connections held ahead than parked
         )
         park = not busy and self._spares.wanted()
         then = ";\nBEGIN" if busy or park else ""

@@ -19,13 +19,13 @@ Held = Any  # the backend's (pooled connection, driver connection) pair
 
 class Spares:
     def __init__(self, limit: int, discard: Callable[[Held], Awaitable[None]]) -> None:
-        self._limit = limit
+        self.limit = limit
         self._discard = discard
         self._parked: list[tuple[Held, asyncio.TimerHandle]] = []
         self._discarding: set[asyncio.Task[None]] = set()
 
     def wanted(self) -> bool:
-        return len(self._parked) < self._limit
+        return len(self._parked) < self.limit
 
     def park(self, held: Held) -> None:
         timer = asyncio.get_running_loop().call_later(PARK_S, self._expire, held)
