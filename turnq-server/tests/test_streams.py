@@ -10,9 +10,10 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
 from server_kit import ADMIN_KEY, Server, make_config, running_server
+from turnq.core import Event, EventBatch
 from turnq.core.memory import MemoryBackend
 from turnq.server.app import STATE_KEY
-from turnq.server.hub import Stream
+from turnq.server.hub import Hub, Stream
 from turnq.server.routes import ObserverEventSource, TicketEventSource, _query
 from turnq.server.state import ServerState
 
@@ -382,3 +383,28 @@ async def test_a_line_that_only_grows_arms_no_position_refresh() -> None:
             assert ch in refresher._timers  # someone left: the line moved
         finally:
             stream.close()
+
+
+def test_a_stream_hears_its_ticket_only_from_its_attach_on() -> None:
+    """A grant committed between a stream's registration and its attach is not told twice: the attach says
+    your-turn itself. Another stream's older attach does not take the new stream over; a later one does."""
+    hub = Hub()
+    stream = hub.open_ticket_stream("ch", "r1", "mine")
+    turn = {"channel": "ch", "requestId": "r1", "leaseExpiresAt": 1, "fencingToken": 7}
+    hub.on_batch(EventBatch("ch", (Event(None, {"attachment": "older"}, request_id="r1"),), None, 1))
+    hub.on_batch(EventBatch("ch", (Event("your-turn", turn, request_id="r1"),), None, 1))  # the grant
+    assert stream.take() is None and not stream.closing
+    hub.on_batch(
+        EventBatch(
+            "ch",
+            (Event(None, {"attachment": "mine"}, request_id="r1"), Event("your-turn", turn, request_id="r1")),
+            None,
+            1,
+        )
+    )
+    assert (
+        stream.take()
+        == b'event: your-turn\ndata: {"channel":"ch","requestId":"r1","leaseExpiresAt":1,"fencingToken":7}\n\n'
+    )
+    hub.on_batch(EventBatch("ch", (Event(None, {"attachment": "later"}, request_id="r1"),), None, 1))
+    assert stream.replaced and stream.closing

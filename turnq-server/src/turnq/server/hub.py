@@ -42,6 +42,7 @@ class Stream:
     """
 
     __slots__ = (
+        "attached",
         "attachment",
         "channel",
         "closing",
@@ -65,6 +66,10 @@ class Stream:
         self.replaced = False
         self.turn_sent = False  # your-turn went out on this stream (it is sent once per subscription)
         self.told: int | None = None  # the last position this stream was told
+        # A ticket stream is registered before its attach and hears its ticket's events only from the attach's
+        # marker on: the attach tells it where the ticket stands then (queued, or your-turn), which supersedes
+        # any earlier event (a grant committed between registering and attaching would otherwise arrive twice).
+        self.attached = False
 
     def push(self, frame: bytes) -> None:
         if self.closing:
@@ -166,18 +171,24 @@ class Hub:
                 stream = tickets.get(event.request_id) if tickets is not None else None
                 if stream is None:
                     continue
+                if event.name is None and "attachment" in event.data:
+                    if event.data["attachment"] == stream.attachment:
+                        stream.attached = True
+                    elif stream.attached:
+                        # A later stream (on another process) took this ticket over: end ours without a grace.
+                        # (Before our own attach, another stream's marker is older than ours: ours supersedes it.)
+                        stream.replaced = True
+                        stream.close()
+                        self.discard(stream)
+                    continue
+                if not stream.attached:
+                    continue
                 if event.name is not None:
                     stream.push(encode_frame(event.name, event.data))
                     if event.name == "your-turn":
                         stream.turn_sent = True
                     elif "position" in event.data:
                         stream.told = event.data["position"]
-                elif "attachment" in event.data and event.data["attachment"] != stream.attachment:
-                    # Another process's stream took this ticket over: end ours without starting a grace.
-                    stream.replaced = True
-                    stream.close()
-                    self.discard(stream)
-                    continue
                 if event.final:
                     stream.ticket_over = True
                     stream.close()

@@ -49,7 +49,7 @@ class PositionRefresher:
         self.spawn(self.refresh(channel))
 
     async def refresh(self, channel: str) -> None:
-        waiting = {s.key: s for s in self.hub.ticket_streams(channel) if not s.turn_sent}
+        waiting = {s.key: s for s in self.hub.ticket_streams(channel) if s.attached and not s.turn_sent}
         if not waiting:
             return
         view = await self.service.queue_view(channel)

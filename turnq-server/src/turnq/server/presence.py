@@ -48,7 +48,8 @@ class Presence:
                 if not await backend.heartbeat(self.instance, now):
                     log.warning("this server had been taken for dead; re-attaching its open streams")
                     for stream in self.hub.ticket_streams():
-                        self.spawn(self._reattach(stream))
+                        if stream.attached:  # the others are attaching right now
+                            self.spawn(self._reattach(stream))
                 await backend.detach_stale(now, now - STALE_MS, SUBSCRIBE_WINDOW_MS)
             except TurnqError as exc:
                 log.warning("presence heartbeat failed (%s); retrying", exc.code.value)
@@ -69,7 +70,8 @@ class Presence:
         """The feed may have lost batches for this channel: bring this process's streams up to date."""
         if batch.resync:
             for stream in self.hub.ticket_streams(batch.channel):
-                self.spawn(self._refresh(stream))
+                if stream.attached:  # the others hear where they stand from their attach
+                    self.spawn(self._refresh(stream))
 
     async def _refresh(self, stream: Stream) -> None:
         assert stream.key is not None
