@@ -64,6 +64,26 @@ class ChannelState:
         if ticket.grace_deadline is not None:
             self.grace_index.add((ticket.grace_deadline, ticket.seq))
 
+    def earliest_wait(self, exclude_request_id: str | None) -> int | None:
+        """The smallest ``wait_deadline`` among tickets other than the one excluded (the holder's)."""
+        excluded = self.by_request.get(exclude_request_id) if exclude_request_id else None
+        for deadline, seq in self.wait_index.islice(0, 2):
+            if excluded is None or seq != excluded.seq:
+                return int(deadline)
+        return None
+
+    def nearest_deadline(self) -> int | None:
+        """The channel's nearest deadline as the rules see it: the holder's lease, the earliest wait deadline of
+        a waiter, the earliest grace; for a reaper starting up, when no unit has just concluded."""
+        holder = self.holder
+        deadlines = [
+            holder.lease_deadline if holder is not None else None,
+            self.earliest_wait(holder.request_id if holder is not None else None),
+            int(self.grace_index[0][0]) if self.grace_index else None,
+        ]
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
     def reindex(self) -> None:
         """Rebuild the lookups and deadline indexes from ``tickets`` (after the line was put back wholesale)."""
         line = list(self.tickets.values())
@@ -161,12 +181,7 @@ class MemoryUnit(ChannelUnit):
         self._graces[ticket.seq] = ticket.grace_deadline
 
     async def earliest_wait_deadline(self, exclude_request_id: str | None) -> int | None:
-        s = self._state
-        excluded = s.by_request.get(exclude_request_id) if exclude_request_id else None
-        for deadline, seq in s.wait_index.islice(0, 2):
-            if excluded is None or seq != excluded.seq:
-                return int(deadline)
-        return None
+        return self._state.earliest_wait(exclude_request_id)
 
     async def earliest_grace(self) -> Ticket | None:
         index = self._state.grace_index
@@ -183,6 +198,16 @@ class MemoryUnit(ChannelUnit):
     def conclude(self, next_deadline: int | None, depth: int) -> None:
         self._deadline = next_deadline
         self._depth = depth
+
+    def batch(self) -> EventBatch | None:
+        """What listeners hear of this unit once it is done: its events and conclusion, or None if it had
+        neither."""
+        if not self._events and self._depth < 0:
+            return None
+        s = self._state
+        return EventBatch(
+            s.spec.name, tuple(self._events), self._deadline, max(self._depth, 0), deleted=s.deleted
+        )
 
 
 class MemoryBackend(Backend):
@@ -226,14 +251,8 @@ class MemoryBackend(Backend):
             yield unit
             if state.deleted:
                 self._channels.pop(channel, None)
-        if unit._events or unit._depth >= 0:
-            batch = EventBatch(
-                channel,
-                tuple(unit._events),
-                unit._deadline,
-                max(unit._depth, 0),
-                deleted=state.deleted,
-            )
+        batch = unit.batch()
+        if batch is not None:
             for listener in self._listeners:
                 listener(batch)
 

@@ -48,7 +48,7 @@ from . import presence
 from . import statements as q
 from .errors import is_connection_lost, is_unavailable, unavailable
 from .feed import Feed
-from .group import Group
+from .group import Group, Held
 from .payload import Envelope, encode
 from .spares import Spares
 from .unit import PostgresUnit, probe_rows
@@ -57,7 +57,6 @@ from .url import parse_postgres_url
 log = logging.getLogger("turnq.backends.postgres")
 
 T = TypeVar("T")
-Held = tuple[AsyncConnection, asyncpg.Connection]
 
 # A channel that committed twice within BUSY_S is busy: its next group is started as soon as the last commits,
 # and waits READY_S at most for a unit (holding the channel's row lock meanwhile), unless another server has

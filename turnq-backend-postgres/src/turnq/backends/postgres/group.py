@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection
 from turnq.core import EventBatch
 
 from .payload import Envelope, encode
 from .unit import PostgresUnit
+
+# A pooled connection as the backend holds it: SQLAlchemy's handle (for the pool) and the driver's (for the SQL).
+Held = tuple[AsyncConnection, asyncpg.Connection]
 
 # A group ends after this many units, so the first one's caller never waits long for its answer.
 MAX_GROUP = 16
@@ -29,7 +33,7 @@ class Group:
 
     unit: PostgresUnit
     origin: str
-    held: Any  # the pooled connection the transaction is open on (as the backend holds it)
+    held: Held  # the pooled connection the transaction is open on
     size: int = 0
     # Each unit's batch, in order, with the version its notification carries (None: it sent none).
     batches: list[tuple[int | None, EventBatch]] = field(default_factory=list)

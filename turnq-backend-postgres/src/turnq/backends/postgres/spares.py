@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from .group import Held
 
 PARK_S = 0.25
-
-Held = Any  # the backend's (pooled connection, driver connection) pair
 
 
 class Spares:

@@ -101,19 +101,7 @@ def channel_write_params(
 
 
 # The SET list matching ChannelRow.write_params (the id comes last, for the WHERE).
-CHANNEL_WRITE_COLUMNS = (
-    "fencing",
-    "seq",
-    "ticket_count",
-    "graced_count",
-    "version",
-    "holder_client_id",
-    "holder_request_id",
-    "holder_granted_at",
-    "holder_lease_deadline",
-    "holder_fencing_token",
-    "holder_enqueued_at",
-)
+CHANNEL_WRITE_COLUMNS = CHANNEL_COLUMNS[CHANNEL_COLUMNS.index("fencing") :]
 
 
 def channel_from_row(r: Sequence[Any], at: int = 0) -> ChannelRow:

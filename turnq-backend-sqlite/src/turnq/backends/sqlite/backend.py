@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from turnq.backends.sql import ListenerSet
-from turnq.backends.sql.rows import channel_from_row, nearest, ticket_from_row
+from turnq.backends.sql.rows import channel_from_row, ticket_from_row
 from turnq.backends.sql.schema import migrate
 from turnq.core import (
     Backend,
@@ -222,7 +222,7 @@ class SqliteBackend(Backend):
             self._detached_all = True
             for name, state in self._channels.items():
                 self._listeners.publish(
-                    EventBatch(name, (), _nearest_deadline(state), len(state.tickets), resync=True)
+                    EventBatch(name, (), state.nearest_deadline(), len(state.tickets), resync=True)
                 )
             log.warning("reloaded %s after a failed commit", redact_url(self.url))
 
@@ -300,10 +300,7 @@ class SqliteBackend(Backend):
                 unit.undo()
                 raise self._broken or unavailable(RuntimeError("the store was reloaded"))
             writes = unit.writes()
-            batch = None
-            if unit.events or unit.concluded:
-                deadline, depth = unit.batch_fields()
-                batch = EventBatch(channel, tuple(unit.events), deadline, depth, deleted=state.deleted)
+            batch = unit.batch()
             if state.deleted:
                 self._channels.pop(channel, None)
             done = journal.submit(writes, batch)
@@ -330,7 +327,7 @@ class SqliteBackend(Backend):
         await self._ready()
         out = {}
         for name, state in self._channels.items():
-            deadline = _nearest_deadline(state)
+            deadline = state.nearest_deadline()
             if deadline is not None:
                 out[name] = deadline
         return out
@@ -351,20 +348,6 @@ async def _committed(journal: Journal) -> None:
     done = journal.submit([], None)
     if done is not None:
         await done
-
-
-def _nearest_deadline(state: StoredChannel) -> int | None:
-    """The holder's lease, the earliest wait deadline of a waiter, the earliest grace (what the rules use)."""
-    holder = state.holder
-    lease = holder.lease_deadline if holder is not None else None
-    holder_ticket = state.by_request.get(holder.request_id) if holder is not None else None
-    wait = None
-    for deadline, seq in state.wait_index.islice(0, 2):
-        if holder_ticket is None or seq != holder_ticket.seq:
-            wait = int(deadline)
-            break
-    grace = int(state.grace_index[0][0]) if state.grace_index else None
-    return nearest(lease, wait, grace)
 
 
 def _read_store(c: sqlite3.Connection) -> tuple[Rows, Rows]:

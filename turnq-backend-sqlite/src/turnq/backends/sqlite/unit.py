@@ -96,17 +96,6 @@ class JournalUnit(MemoryUnit):
 
     # ---------------------------------------------------------------- what the body did
 
-    @property
-    def events(self) -> list[Any]:
-        return self._events
-
-    @property
-    def concluded(self) -> bool:
-        return self._depth >= 0
-
-    def batch_fields(self) -> tuple[int | None, int]:
-        return self._deadline, max(self._depth, 0)
-
     def writes(self) -> list[Write]:
         """The SQL that brings the file to what this unit left in memory: removals first, so a client's new
         ticket never meets its old one in the unique index; the channel row last, with a new version."""

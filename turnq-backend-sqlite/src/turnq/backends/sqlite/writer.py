@@ -1,9 +1,9 @@
 """The process's one writing connection, and the way work reaches its thread.
 
 aiosqlite runs each call on the connection's own thread and hands the result back to the event loop; that hop
-costs several times more than SQLite's work for a small indexed statement. So the backend sends a whole step
-of a unit (begin, lock-read and probe; or every pending write plus the commit) as one function run on that
-thread: one hop per step instead of one per statement, and never a blocking call on the event loop.
+costs several times more than SQLite's work for a small keyed statement. So the backend sends a whole piece of
+work (loading the store, or a group commit: BEGIN, every gathered write, COMMIT) as one function run on that
+thread: one hop per piece instead of one per statement, and never a blocking call on the event loop.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ T = TypeVar("T")
 class Writer:
     """Runs functions against the writing ``sqlite3.Connection`` on aiosqlite's thread for it.
 
-    Who may do so at a given moment is :class:`~.admission.Admission`'s business: one unit at a time, so units
-    never meet SQLITE_BUSY from their own process; the connection's busy timeout covers other processes
-    (``turnq db upgrade``, an admin tool).
+    Only :class:`~.journal.Journal` writes through it, one transaction at a time, so commits never meet
+    SQLITE_BUSY from this process; the connection's busy timeout covers another program holding the file's write
+    lock (an admin tool).
     """
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
