@@ -22,7 +22,6 @@ test's ``tmp_path`` (``server-GG-A-PORT.log``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import itertools
 import json
@@ -41,6 +40,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
+from chaos import NOT_SENT, TRANSPORT_ERRORS, UNAVAILABLE, ReconnectingObserver
 from serverproc import HOST, ServerExited, ServerProcess, SSEStream, channel_path, free_port, start_server
 from turnq.core import backend_schemes
 
@@ -52,12 +52,6 @@ POSTGRES_DSN_ENV = "TURNQ_TEST_POSTGRES_DSN"
 SEED_ENV = "TURNQ_CRASH_SEED"
 SERVER_ARGS = os.environ.get("TURNQ_CRASH_SERVER_ARGS", "").split()  # e.g. --access-log, to investigate
 HTTP_TIMEOUT = 5.0
-UNAVAILABLE = 503  # BACKEND_UNAVAILABLE: "retry", says the protocol
-
-# Errors of a request that never reached a server: safe to retry, nothing can have happened.
-NOT_SENT = (ConnectionRefusedError,)
-# Errors of a request that may or may not have been applied (the server died mid-way, or did not answer).
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 # ---------------------------------------------------------------------- backends
@@ -313,16 +307,6 @@ class Api:
 def _comparable(view: dict[str, Any]) -> dict[str, Any]:
     """A queue view without what moves with the clock (``waitingMs``)."""
     return {**view, "queue": [{k: v for k, v in w.items() if k != "waitingMs"} for w in view["queue"]]}
-
-
-def _shut(stream: SSEStream) -> None:
-    """End a stream another thread may be blocked reading (shutdown() wakes a blocked recv; close() may
-    not)."""
-    sock = stream.conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    stream.close()
 
 
 # ---------------------------------------------------------------------- 1. holder and ten waiters
@@ -681,65 +665,20 @@ class Worker(threading.Thread):
         turn.release_end = time.monotonic()
 
 
-class Observer(threading.Thread):
+class Observer(ReconnectingObserver):
     """Watches the channel, reconnecting after every crash; sees a part of the turns (not those announced
     while it was away), which must agree with what the clients saw."""
 
     def __init__(self, api: Api, shared: Shared) -> None:
-        super().__init__(name="observer", daemon=True)
+        super().__init__(shared, "observer")
         self.api = api
         self.shared = shared
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.connections = 0
-        self.stopping = threading.Event()
-        self._stream: SSEStream | None = None
-        self._lock = threading.Lock()
 
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set() and time.monotonic() < self.shared.deadline:
-                try:
-                    stream = self.api.observe()
-                except TRANSPORT_ERRORS:
-                    time.sleep(0.05)
-                    continue
-                with self._lock:
-                    self._stream = stream
-                if self.stopping.is_set():
-                    stream.close()
-                    return
-                self.connections += 1
-                try:
-                    if stream.status == UNAVAILABLE:
-                        self.shared.saw_unavailable("observer", "observe", stream.body())
-                        time.sleep(0.05)
-                        continue
-                    assert stream.status == 200, f"observe answered {stream.status} {stream.body()!r}"
-                    while (event := self._next(stream)) is not None:
-                        self.events.append(event)
-                finally:
-                    stream.close()
-        except BaseException:
-            if not self.stopping.is_set():
-                self.shared.fail(f"observer: {traceback.format_exc()}")
+    def open(self) -> SSEStream:
+        return self.api.observe()
 
-    def _next(self, stream: SSEStream) -> tuple[str, dict[str, Any]] | None:
-        try:
-            return stream.next_event(timeout=max(self.shared.deadline - time.monotonic(), 0.001))
-        except ValueError:
-            if stream.raw and not stream.raw[-1].endswith(b"\n"):
-                return None
-            raise
-        except OSError:
-            if self.stopping.is_set():
-                return None
-            raise
-
-    def stop(self) -> None:
-        self.stopping.set()
-        with self._lock:
-            if self._stream is not None:
-                _shut(self._stream)
+    def unavailable(self, stream: SSEStream) -> None:
+        self.shared.saw_unavailable("observer", "observe", stream.body())
 
 
 def test_turns_survive_random_sigkills(database_url: str, tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -51,6 +50,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+from chaos import NOT_SENT, TRANSPORT_ERRORS, UNAVAILABLE, ReconnectingObserver
 from serverproc import ServerProcess, SSEStream, channel_path, start_server
 
 # A fresh database per test, created and dropped by the crash tests' fixtures.
@@ -67,7 +67,6 @@ LEASE_MS = 30_000
 GRACE_MS = 15_000
 RUN_S = 75.0  # every client gives up (and the test fails) this long after the start
 HTTP_TIMEOUT = 10.0
-UNAVAILABLE = 503
 STALE_S = 5.0  # a replica silent this long is taken for dead (turnq.server.state.STALE_MS)
 COMEBACK_S = STALE_S + 3.0  # hand-written clients cut off by the kill come back after the survivors noticed
 ABANDONED_GRACE_S = 5.0  # the grace a dead replica's tickets get: max(graceMs, SUBSCRIBE_WINDOW_MS)
@@ -75,11 +74,6 @@ ABANDONED_GRACE_S = 5.0  # the grace a dead replica's tickets get: max(graceMs, 
 # back, the first replica to beat takes the others for dead, detaches their tickets with a fresh grace, and they
 # re-attach their open streams at their next beat).
 PG_DOWN_S = {"restart": 1.0, "outage": STALE_S + 2.0}
-
-# Errors of a request that never reached a server: safe to send elsewhere, nothing can have happened.
-NOT_SENT = (ConnectionRefusedError,)
-# Errors of a request that may or may not have been applied.
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 # ---------------------------------------------------------------------- replicas
@@ -204,15 +198,6 @@ class Router:
     def subscribe(self, prefer: int, channel: str, client_id: str, request_id: str) -> tuple[SSEStream, str]:
         query = urlencode({"clientId": client_id, "requestId": request_id})
         return self.stream(prefer, f"{channel_path(channel, 'subscribe')}?{query}")
-
-
-def _shut(stream: SSEStream) -> None:
-    """End a stream another thread may be blocked reading (shutdown() wakes a blocked recv)."""
-    sock = stream.conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    stream.close()
 
 
 # ---------------------------------------------------------------------- what the clients saw
@@ -583,63 +568,17 @@ class LibraryWorker(threading.Thread):
         turn.released_on = self.url_names[client.url]
 
 
-class Observer(threading.Thread):
+class Observer(ReconnectingObserver):
     """Watches one channel from one replica, reconnecting if its stream drops; sees a part of the turns."""
 
     def __init__(self, router: Router, prefer: int, channel: str, shared: Shared) -> None:
-        super().__init__(name=f"observer-{channel}", daemon=True)
+        super().__init__(shared, f"observer-{channel}")
         self.router = router
         self.prefer = prefer
         self.channel = channel
-        self.shared = shared
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.stopping = threading.Event()
-        self._stream: SSEStream | None = None
-        self._lock = threading.Lock()
 
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set() and time.monotonic() < self.shared.deadline:
-                try:
-                    stream, _ = self.router.stream(self.prefer, channel_path(self.channel, "observe"))
-                except TRANSPORT_ERRORS:
-                    time.sleep(0.05)
-                    continue
-                with self._lock:
-                    self._stream = stream
-                if self.stopping.is_set():
-                    stream.close()
-                    return
-                try:
-                    if stream.status == UNAVAILABLE:
-                        time.sleep(0.05)
-                        continue
-                    assert stream.status == 200, f"observe answered {stream.status} {stream.body()!r}"
-                    while (event := self._next(stream)) is not None:
-                        self.events.append(event)
-                finally:
-                    stream.close()
-        except BaseException:
-            if not self.stopping.is_set():
-                self.shared.fail(f"observer of {self.channel}: {traceback.format_exc()}")
-
-    def _next(self, stream: SSEStream) -> tuple[str, dict[str, Any]] | None:
-        try:
-            return stream.next_event(timeout=max(self.shared.deadline - time.monotonic(), 0.001))
-        except ValueError:
-            if stream.raw and not stream.raw[-1].endswith(b"\n"):
-                return None
-            raise
-        except TRANSPORT_ERRORS:
-            if self.stopping.is_set():
-                return None
-            raise
-
-    def stop(self) -> None:
-        self.stopping.set()
-        with self._lock:
-            if self._stream is not None:
-                _shut(self._stream)
+    def open(self) -> SSEStream:
+        return self.router.stream(self.prefer, channel_path(self.channel, "observe"))[0]
 
 
 # ---------------------------------------------------------------------- a run and its checks
