@@ -65,6 +65,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .config import ConfigError, build_config
+    from .listener import listen
     from .logs import AccessLogger, configure_logging
 
     try:
@@ -93,12 +94,16 @@ def serve(args: argparse.Namespace) -> int:
         # Called once the backend is open and the port is bound, so the line is true when it appears.
         print(serving, file=sys.stderr, flush=True)
 
+    try:
+        sockets = listen(config.host, config.port)
+    except OSError as exc:
+        print(f"turnq serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
     tune_gc()
     try:
         web.run_app(
             app,
-            host=config.host,
-            port=config.port,
+            sock=sockets,
             handler_cancellation=True,
             access_log_class=AccessLogger,
             access_log=logging.getLogger("aiohttp.access") if config.access_log else None,

@@ -274,7 +274,9 @@ class ObserverEventSource(EventSourceResponse):
     """
 
     def __init__(self, state: ServerState, stream: Stream) -> None:
-        super().__init__(sep="\n")
+        # No send timeout: the listening socket gives every connection TCP_USER_TIMEOUT already (listener.py),
+        # which aiohttp-sse would otherwise set, look up and restore around each stream.
+        super().__init__(sep="\n", send_timeout=None)
         self._turnq_state = state
         self._turnq_stream = stream
         # aiohttp_sse names its headers with plain strings, for which the response's multidict derives and keeps
