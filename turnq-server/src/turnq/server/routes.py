@@ -32,6 +32,8 @@ from .auth import ApiKey, Authenticator
 from .hub import Stream, encode_json
 from .state import ServerState
 
+# Routes are registered in the order this module defines them, and aiohttp tries the routes under /channels one by
+# one in that order: the three every turn takes (enqueue, subscribe, release) come first.
 routes = web.RouteTableDef()
 NO_CONTENT = 204
 
@@ -95,155 +97,6 @@ def _request_id(body: dict[str, Any], *, required: bool) -> str | None:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=encode_json(data).encode(), status=status, content_type="application/json")
-
-
-# ---------------------------------------------------------------------- service
-
-
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    state = state_of(request)
-    channels = await state.service.list_channels()
-    return _json(
-        {
-            "ok": True,
-            "channels": len(channels),
-            "uptime": round(time.monotonic() - state.started, 3),
-            "backend": state.service.backend.name,
-        }
-    )
-
-
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    _key(request)
-    state = state_of(request)
-    subscribers, observers = state.hub.counts()
-    channels = len(await state.service.list_channels())
-    body = state.metrics.render(subscribers, observers, channels)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-
-# ---------------------------------------------------------------------- channels
-
-
-@routes.post("/channels")
-async def create_channel(request: web.Request) -> web.Response:
-    key = _key(request)
-    body = await _body(request)
-    spec = channel_spec_from_wire(body, state_of(request).config.channel_defaults)
-    Authenticator.require(key, admin=True, channel=spec.name)
-    view = await state_of(request).service.create_channel(spec)
-    return _json(view.to_wire(), status=201)
-
-
-@routes.get("/channels")
-async def list_channels(request: web.Request) -> web.Response:
-    key = _key(request)
-    views = await state_of(request).service.list_channels()
-    return _json({"channels": [v.to_wire() for v in views if key.allows_channel(v.spec.name)]})
-
-
-@routes.get("/channels/{name}")
-async def get_channel(request: web.Request) -> web.Response:
-    name = _channel(request)
-    return _json((await state_of(request).service.get_channel(name)).to_wire())
-
-
-@routes.delete("/channels/{name}")
-async def delete_channel(request: web.Request) -> web.Response:
-    name = _channel(request, admin=True)
-    await state_of(request).service.delete_channel(name)
-    return web.Response(status=NO_CONTENT)
-
-
-@routes.get("/channels/{name}/queue")
-async def queue(request: web.Request) -> web.Response:
-    name = _channel(request)
-    state = state_of(request)
-    view = await state.service.queue_view(name)
-    return _json(view.to_wire(state.service.clock()))
-
-
-@routes.delete("/channels/{name}/holder")
-async def force_release(request: web.Request) -> web.Response:
-    name = _channel(request, admin=True)
-    await state_of(request).service.force_release(name)
-    return web.Response(status=NO_CONTENT)
-
-
-# ---------------------------------------------------------------------- turns
-
-
-@routes.post("/channels/{name}/enqueue")
-async def enqueue(request: web.Request) -> web.Response:
-    name = _channel(request)
-    body = await _body(request)
-    client_id = _client_id(body)
-    request_id, position = await state_of(request).service.enqueue(name, client_id)
-    return _json({"requestId": request_id, "position": position})
-
-
-@routes.post("/channels/{name}/release")
-async def release(request: web.Request) -> web.Response:
-    name = _channel(request)
-    body = await _body(request)
-    client_id = _client_id(body)
-    request_id = _request_id(body, required=True)
-    assert request_id is not None
-    success, error = True, None
-    result = body.get("result")
-    if result is not None:
-        if not isinstance(result, dict):
-            raise malformed("result must be an object {success, error?}")
-        success_value = result.get("success", True)
-        if not isinstance(success_value, bool):
-            raise malformed("result.success must be a boolean")
-        success = success_value
-        error = check_text("result.error", result.get("error"), MAX_ERROR_LENGTH, required=False)
-    await state_of(request).service.release(name, client_id, request_id, success, error)
-    return web.Response(status=NO_CONTENT)
-
-
-@routes.post("/channels/{name}/abort")
-async def abort(request: web.Request) -> web.Response:
-    name = _channel(request)
-    body = await _body(request)
-    client_id = _client_id(body)
-    request_id = _request_id(body, required=False)
-    await state_of(request).service.abort(name, client_id, request_id)
-    return web.Response(status=NO_CONTENT)
-
-
-@routes.post("/channels/{name}/renew")
-async def renew(request: web.Request) -> web.Response:
-    name = _channel(request)
-    body = await _body(request)
-    client_id = _client_id(body)
-    request_id = _request_id(body, required=True)
-    assert request_id is not None
-    lease_ms = check_int("leaseMs", body.get("leaseMs"), 1, MAX_LEASE_MS)
-    deadline = await state_of(request).service.renew(name, client_id, request_id, lease_ms)
-    return _json({"leaseExpiresAt": deadline})
-
-
-@routes.post("/channels/{name}/steps")
-async def steps(request: web.Request) -> web.Response:
-    name = _channel(request)
-    body = await _body(request)
-    client_id = _client_id(body)
-    request_id = _request_id(body, required=False)
-    step = check_text("step", body.get("step"), MAX_ID_LENGTH)
-    assert step is not None
-    phase = body.get("event")
-    if phase not in ("start", "end"):
-        raise malformed('event must be "start" or "end"')
-    success = body.get("success")
-    if success is not None and not isinstance(success, bool):
-        raise malformed("success must be a boolean")
-    error = check_text("error", body.get("error"), MAX_ERROR_LENGTH, required=False)
-    await state_of(request).service.step(name, client_id, step, phase, request_id, success, error)
-    return web.Response(status=NO_CONTENT)
 
 
 # ---------------------------------------------------------------------- streams
@@ -334,6 +187,18 @@ def _ticket_ids(request: web.Request) -> tuple[str, str]:
 
 # No HEAD for the streams (aiohttp adds one to every GET route by default): an event stream has no head to give,
 # and the router answers 405 before anything is registered.
+# ---------------------------------------------------------------------- turns
+
+
+@routes.post("/channels/{name}/enqueue")
+async def enqueue(request: web.Request) -> web.Response:
+    name = _channel(request)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id, position = await state_of(request).service.enqueue(name, client_id)
+    return _json({"requestId": request_id, "position": position})
+
+
 @routes.get("/channels/{name}/subscribe", allow_head=False)
 async def subscribe(request: web.Request) -> web.StreamResponse:
     name = _channel(request)
@@ -351,6 +216,68 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     return TicketEventSource(state, stream)
 
 
+@routes.post("/channels/{name}/release")
+async def release(request: web.Request) -> web.Response:
+    name = _channel(request)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=True)
+    assert request_id is not None
+    success, error = True, None
+    result = body.get("result")
+    if result is not None:
+        if not isinstance(result, dict):
+            raise malformed("result must be an object {success, error?}")
+        success_value = result.get("success", True)
+        if not isinstance(success_value, bool):
+            raise malformed("result.success must be a boolean")
+        success = success_value
+        error = check_text("result.error", result.get("error"), MAX_ERROR_LENGTH, required=False)
+    await state_of(request).service.release(name, client_id, request_id, success, error)
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.post("/channels/{name}/abort")
+async def abort(request: web.Request) -> web.Response:
+    name = _channel(request)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=False)
+    await state_of(request).service.abort(name, client_id, request_id)
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.post("/channels/{name}/renew")
+async def renew(request: web.Request) -> web.Response:
+    name = _channel(request)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=True)
+    assert request_id is not None
+    lease_ms = check_int("leaseMs", body.get("leaseMs"), 1, MAX_LEASE_MS)
+    deadline = await state_of(request).service.renew(name, client_id, request_id, lease_ms)
+    return _json({"leaseExpiresAt": deadline})
+
+
+@routes.post("/channels/{name}/steps")
+async def steps(request: web.Request) -> web.Response:
+    name = _channel(request)
+    body = await _body(request)
+    client_id = _client_id(body)
+    request_id = _request_id(body, required=False)
+    step = check_text("step", body.get("step"), MAX_ID_LENGTH)
+    assert step is not None
+    phase = body.get("event")
+    if phase not in ("start", "end"):
+        raise malformed('event must be "start" or "end"')
+    success = body.get("success")
+    if success is not None and not isinstance(success, bool):
+        raise malformed("success must be a boolean")
+    error = check_text("error", body.get("error"), MAX_ERROR_LENGTH, required=False)
+    await state_of(request).service.step(name, client_id, step, phase, request_id, success, error)
+    return web.Response(status=NO_CONTENT)
+
+
 @routes.get("/channels/{name}/observe", allow_head=False)
 async def observe(request: web.Request) -> web.StreamResponse:
     name = _channel(request)
@@ -362,6 +289,81 @@ async def observe(request: web.Request) -> web.StreamResponse:
         state.hub.discard(stream)
         raise
     return ObserverEventSource(state, stream)
+
+
+# ---------------------------------------------------------------------- channels
+
+
+@routes.post("/channels")
+async def create_channel(request: web.Request) -> web.Response:
+    key = _key(request)
+    body = await _body(request)
+    spec = channel_spec_from_wire(body, state_of(request).config.channel_defaults)
+    Authenticator.require(key, admin=True, channel=spec.name)
+    view = await state_of(request).service.create_channel(spec)
+    return _json(view.to_wire(), status=201)
+
+
+@routes.get("/channels")
+async def list_channels(request: web.Request) -> web.Response:
+    key = _key(request)
+    views = await state_of(request).service.list_channels()
+    return _json({"channels": [v.to_wire() for v in views if key.allows_channel(v.spec.name)]})
+
+
+@routes.get("/channels/{name}")
+async def get_channel(request: web.Request) -> web.Response:
+    name = _channel(request)
+    return _json((await state_of(request).service.get_channel(name)).to_wire())
+
+
+@routes.delete("/channels/{name}")
+async def delete_channel(request: web.Request) -> web.Response:
+    name = _channel(request, admin=True)
+    await state_of(request).service.delete_channel(name)
+    return web.Response(status=NO_CONTENT)
+
+
+@routes.get("/channels/{name}/queue")
+async def queue(request: web.Request) -> web.Response:
+    name = _channel(request)
+    state = state_of(request)
+    view = await state.service.queue_view(name)
+    return _json(view.to_wire(state.service.clock()))
+
+
+@routes.delete("/channels/{name}/holder")
+async def force_release(request: web.Request) -> web.Response:
+    name = _channel(request, admin=True)
+    await state_of(request).service.force_release(name)
+    return web.Response(status=NO_CONTENT)
+
+
+# ---------------------------------------------------------------------- service
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    state = state_of(request)
+    channels = await state.service.list_channels()
+    return _json(
+        {
+            "ok": True,
+            "channels": len(channels),
+            "uptime": round(time.monotonic() - state.started, 3),
+            "backend": state.service.backend.name,
+        }
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    _key(request)
+    state = state_of(request)
+    subscribers, observers = state.hub.counts()
+    channels = len(await state.service.list_channels())
+    body = state.metrics.render(subscribers, observers, channels)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def not_found(request: web.Request) -> TurnqError:
