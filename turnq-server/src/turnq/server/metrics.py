@@ -82,6 +82,11 @@ class Metrics:
         )
 
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        # Each channel's labelled children, looked up once: ``labels()`` builds and locks on every call, and every
+        # batch would make up to three of them.
+        self._depth_of: dict[str, Gauge] = {}
+        self._wait_of: dict[str, Histogram] = {}
+        self._hold_of: dict[str, Histogram] = {}
 
     def count_request(self, method: str, path: str, status: int) -> None:
         """Count a request; the labelled child is cached, since this runs on every request."""
@@ -96,20 +101,31 @@ class Metrics:
         if batch.deleted:
             self.forget_channel(channel)
             return
-        self.queue_depth.labels(channel).set(batch.depth)
+        depth = self._depth_of.get(channel)
+        if depth is None:
+            depth = self._depth_of[channel] = self.queue_depth.labels(channel)
+        depth.set(batch.depth)
         if batch.origin != self.origin:
             return
         for event in batch.events:
             name = event.name
             if name == "turn-started":
-                self.wait.labels(channel).observe(event.data.get("waitedMs", 0) / 1000)
+                wait = self._wait_of.get(channel)
+                if wait is None:
+                    wait = self._wait_of[channel] = self.wait.labels(channel)
+                wait.observe(event.data.get("waitedMs", 0) / 1000)
             elif name == "turn-completed":
-                self.hold.labels(channel).observe(event.data.get("heldMs", 0) / 1000)
+                hold = self._hold_of.get(channel)
+                if hold is None:
+                    hold = self._hold_of[channel] = self.hold.labels(channel)
+                hold.observe(event.data.get("heldMs", 0) / 1000)
             elif name == "timeout":
                 self.timeouts.labels(channel, event.data["reason"]).inc()
 
     def forget_channel(self, channel: str) -> None:
         """A deleted channel's series disappear."""
+        for children in (self._depth_of, self._wait_of, self._hold_of):
+            children.pop(channel, None)
         for metric in (self.queue_depth, self.wait, self.hold):
             with contextlib.suppress(KeyError):
                 metric.remove(channel)
