@@ -18,7 +18,10 @@ Little's law the mean handoff is channels / turns/s: once the server is saturate
 release waits behind the other 49 channels' work in the server, about 50 x its CPU per turn. e offers b's
 channels a load the server can carry, so its handoff is the server's latency at that load.
 
-    uv run python bench/server_bench.py                      # memory backend, all scenarios
+The baseline ``floor`` (floor_server.py) runs the same scenarios against the turn path written as textbook aiohttp +
+aiohttp-sse code with none of turnq's features: what the frameworks alone cost on this machine, in the same run.
+
+    uv run python bench/server_bench.py                      # memory backend and the floor, all scenarios
     uv run python bench/server_bench.py --backends memory,sqlite --scenarios a,b
 """
 
@@ -47,6 +50,7 @@ from procstats import ProcStats, free_port
 from wire import Connection, EventStream
 
 KEY = "bench-key"
+FLOOR_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_server.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -73,6 +77,9 @@ class Result:
         return 1000 * self.cpu_s / self.turns if self.turns else float("nan")
 
 
+FLOOR = "floor"  # the baseline of floor_server.py, run where a backend's URL would be given
+
+
 class Server:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -82,8 +89,10 @@ class Server:
 
     async def __aenter__(self) -> Server:
         self.log = tempfile.NamedTemporaryFile(prefix="turnq-bench-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
+        if self.database_url == FLOOR:
+            command = [sys.executable, FLOOR_SERVER, "--port", str(self.port), "--api-key", KEY]
+        else:
+            command = [
                 sys.executable,
                 "-m",
                 "turnq.core.cli",
@@ -96,10 +105,8 @@ class Server:
                 self.database_url,
                 "--log-level",
                 "WARNING",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+            ]
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.stats = ProcStats(self.proc.pid)
         deadline = time.monotonic() + 30
         while True:
@@ -333,7 +340,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backends", default="memory", help="comma-separated: memory, sqlite, postgres")
+    parser.add_argument(
+        "--backends",
+        default=f"memory,{FLOOR}",
+        help=f"comma-separated: memory, sqlite, postgres, and {FLOOR} (the baseline of floor_server.py)",
+    )
     parser.add_argument("--scenarios", default="a,b,c,d,e")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
@@ -357,6 +368,7 @@ async def main() -> None:
                         "memory": "memory://",
                         "sqlite": f"sqlite:///{tmp}/bench.db",
                         "postgres": args.postgres_dsn,
+                        FLOOR: FLOOR,
                     }[backend]
                     async with Server(url) as server:
                         runs.append(await SCENARIOS[name](server))
