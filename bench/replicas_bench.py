@@ -1,7 +1,7 @@
 """Replica benchmark: turns over real HTTP/SSE against 1, 2 and 3 `turnq serve` processes on one PostgreSQL.
 
 Scenarios (each run 3 times on a fresh schema; the table shows medians):
-  throughput  50 channels x 4 clients x 10 zero-work turns (server_bench.py scenario b), the clients spread
+  throughput  50 channels x 4 clients x 10 zero-work turns (server_bench.py scenario f), the clients spread
               evenly over the replicas (client i on replica i mod n, so a channel's clients sit on different
               replicas): aggregate turns/s, handoff p50/p99, server CPU per turn (all replicas together)
   handoff     2 clients taking turns on one channel, 300 turns each, both on replica A ("same") or one on A and

@@ -3,7 +3,7 @@
 
 Why: the benchmarks share a 2-core machine with the server, so every bit of CPU and every scheduling delay the
 generator adds is charged to the server's figures. The coroutine client of wire.py (a StreamReader, a coroutine
-per client, a future per await) costs about 0.15 ms of CPU per turn in scenario b; this one about 0.075 ms: a turn
+per client, a future per await) costs about 0.15 ms of CPU per turn in scenario f; this one about 0.075 ms: a turn
 is a few callbacks and byte searches, request bytes are prepared once per client, and the arrival time is taken
 on entry to ``data_received``, before any parsing, not when a coroutine gets round to it.
 
@@ -14,7 +14,7 @@ way: from just before the holder's release is written to the arrival of the next
 by fencing token.
 
 One thing differs on purpose: connections are opened before the clock starts, a bounded number at a time, each
-proven accepted by a ``GET /health`` round trip. Opening scenario b's 400 connections at once overflowed the
+proven accepted by a ``GET /health`` round trip. Opening scenario f's 400 connections at once overflowed the
 server's listen queue (aiohttp's backlog is 128), and every dropped SYN is retried by the kernel only after 1 s,
 so some channels started a second late: the turns/s figure measured the retransmit timer, and the handoff figure
 was taken while only part of the channels were running. The run itself opens no connection, and the server CPU
