@@ -15,10 +15,11 @@ by fencing token.
 
 One thing differs on purpose: connections are opened before the clock starts, a bounded number at a time, each
 proven accepted by a ``GET /health`` round trip. Opening scenario f's 400 connections at once overflowed the
-server's listen queue (aiohttp's backlog is 128), and every dropped SYN is retried by the kernel only after 1 s,
-so some channels started a second late: the turns/s figure measured the retransmit timer, and the handoff figure
-was taken while only part of the channels were running. The run itself opens no connection, and the server CPU
-it reports no longer includes accepting 400 connections.
+server's listen queue (aiohttp's backlog is 128; ``turnq serve`` now listens with a deeper one, and the floor
+baseline still has aiohttp's), and every dropped SYN is retried by the kernel only after 1 s, so some channels
+started a second late: the turns/s figure measured the retransmit timer, and the handoff figure was taken while
+only part of the channels were running. The run itself opens no connection, and the server CPU it reports no
+longer includes accepting 400 connections.
 
 Nothing is taken on trust: every status is checked (enqueue 200, subscribe 200, release 204), every
 ``your-turn`` must name the client's own ticket, fencing tokens must rise strictly on each channel, a stream may
