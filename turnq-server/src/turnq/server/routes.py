@@ -148,6 +148,8 @@ class ObserverEventSource(EventSourceResponse):
         stream = self._turnq_stream
         try:
             writer = await super().prepare(request)
+            # The headers are serialized by now; an idle stream need not keep them (some 200 bytes each).
+            self.headers.clear()
             # aiohttp_sse has started its ping task, which with the ``_ping`` above finishes at its first step.
             # Let it go rather than keep a finished task (its coroutine and context) for the stream's life;
             # nothing waits on it or stops it (``wait``, ``stop_streaming`` and ``send`` are not used).
