@@ -330,3 +330,60 @@ def test_signal_stops_cleanly_after_telling_streams(
     output = srv.output()
     assert "Traceback" not in output, output
     assert '"level": "error"' not in output, output
+
+
+# ---------------------------------------------------------------------- limits
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads the server's limits from /proc")
+def test_holds_more_streams_than_a_low_soft_open_file_limit(
+    servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """Started with a soft limit of 256 open files (a low limit, as systemd's default soft 1,024 is), the server
+    raises it to the hard limit and holds 400 waiting streams, each on its own connection."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves no room for the test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        srv = start(servers, tmp_path, "--api-key", KEY)  # the server inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server_soft, server_hard = _open_files_limits(srv.pid)
+    assert server_soft == server_hard > 256
+    assert '"open_files"' in srv.output()
+
+    assert status_of(srv, "POST", "/channels", {"name": "wide", "leaseMs": 60_000}, key=KEY) == 201
+    status, _ = srv.call("POST", channel_path("wide", "enqueue"), {"clientId": "holder"}, key=KEY)
+    assert status == 200
+    streams: list[socket.socket] = []
+    try:
+        for i in range(400):
+            status, body = srv.call("POST", channel_path("wide", "enqueue"), {"clientId": f"w{i}"}, key=KEY)
+            assert status == 200, body
+            conn = socket.create_connection((srv.host, srv.port), timeout=10)
+            streams.append(conn)
+            conn.sendall(
+                f"GET {channel_path('wide', 'subscribe')}?clientId=w{i}&requestId={body['requestId']} HTTP/1.1\r\n"
+                f"Host: {srv.host}\r\nx-api-key: {KEY}\r\n\r\n".encode()
+            )
+        for i, conn in enumerate(streams):
+            received = b""
+            while b"event: queued\n" not in received:
+                chunk = conn.recv(4096)
+                assert chunk, f"stream {i} closed before its queued event: {received!r}"
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    finally:
+        for conn in streams:
+            conn.close()

@@ -50,6 +50,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+# The limit asked for when the hard limit is "unlimited" (which Linux does not grant as a soft limit).
+UNLIMITED_FILES_TARGET = 1 << 20
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit, and return the limit in force.
+
+    Every open stream is a connection and every connection a file descriptor, so the soft limit caps how many
+    clients can wait at once. It is often 1,024, kept low for programs that still use ``select()``; the event
+    loop here uses epoll, so it takes what the hard limit allows, as systemd advises such programs to do.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_FILES_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
 def tune_gc() -> None:
     """Collect the young generation less often. A server with thousands of open streams holds hundreds of
     thousands of long-lived objects; with the default thresholds the full collections that scan all of them
@@ -99,6 +125,8 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"turnq serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    files = raise_open_file_limit()
+    log.info("open-file limit (each open stream takes one)", extra={"open_files": files})
     tune_gc()
     try:
         web.run_app(
