@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import random
 import uuid
 
 from turnq.core.service import new_request_id
@@ -31,3 +32,16 @@ def test_forked_processes_draw_different_ids() -> None:
     with multiprocessing.get_context("fork").Pool(2) as pool:
         first, second = pool.map(_ids_in_child, [0, 1], chunksize=1)
     assert not set(first) & set(second)
+
+
+def test_seeding_the_random_module_does_not_repeat_ids() -> None:
+    """Programs (and test suites) seed ``random``; two servers seeded alike must still draw different ids."""
+    state = random.getstate()
+    try:
+        random.seed(1234)
+        first = new_request_id()
+        random.seed(1234)
+        second = new_request_id()
+    finally:
+        random.setstate(state)
+    assert first != second

@@ -18,6 +18,7 @@ allows.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -39,15 +40,20 @@ def wall_ms() -> int:
 # Bits a version-4 UUID fixes: the version nibble (4) and the variant (binary 10).
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+# Request ids' own generator, seeded from the OS: a program that seeds the ``random`` module (tests often do) must
+# not make two servers draw the same ids. A forked child reseeds it, as ``random`` does its own.
+_request_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_request_ids.seed)
 
 
 def new_request_id() -> str:
     """A random version-4 UUID in its usual text form, as ``str(uuid.uuid4())`` gives, at a third of its cost.
 
-    The bits come from ``random`` (seeded from the OS at start) rather than the OS on every call: a request id only
-    has to be unique, not secret (the queue view lists every ticket's), and this runs on every enqueue.
+    The bits come from a generator seeded from the OS rather than from the OS on every call: a request id only has
+    to be unique, not secret (the queue view lists every ticket's), and this runs on every enqueue.
     """
-    h = "%032x" % ((random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    h = "%032x" % ((_request_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
