@@ -4,6 +4,7 @@ clean stop on SIGTERM/SIGINT that tells open streams ``server-shutdown`` first."
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sys
@@ -387,3 +388,18 @@ def test_holds_more_streams_than_a_low_soft_open_file_limit(
     finally:
         for conn in streams:
             conn.close()
+
+
+def test_port_zero_serves_on_the_port_it_says(servers: list[ServerProcess], tmp_path: Path) -> None:
+    """``--port 0`` lets the system choose; the startup line names the port actually bound."""
+    srv = start(servers, tmp_path, "--api-key", KEY, port=0, wait=False)
+    deadline = time.monotonic() + 30
+    while (found := re.search(r"turnq serving on http://127\.0\.0\.1:(\d+) ", srv.output())) is None:
+        assert srv.running(), srv.output()
+        assert time.monotonic() < deadline, f"no startup line: {srv.output()}"
+        time.sleep(0.05)
+    port = int(found.group(1))
+    assert port != 0
+    srv.port = port
+    status, body = srv.call("GET", "/health")
+    assert status == 200 and body["ok"] is True

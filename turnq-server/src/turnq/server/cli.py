@@ -114,17 +114,19 @@ def serve(args: argparse.Namespace) -> int:
         log.warning(
             "running WITHOUT authentication (--insecure-no-auth): anyone who reaches the port is an admin"
         )
-    serving = f"turnq serving on http://{config.host}:{config.port} with {redact_url(config.database_url)}"
-
-    def say_serving(_aiohttp_banner: str) -> None:
-        # Called once the backend is open and the port is bound, so the line is true when it appears.
-        print(serving, file=sys.stderr, flush=True)
-
     try:
         sockets = listen(config.host, config.port)
     except OSError as exc:
         print(f"turnq serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    # The port actually bound, which --port 0 leaves to the system.
+    port = sockets[0].getsockname()[1]
+    serving = f"turnq serving on http://{config.host}:{port} with {redact_url(config.database_url)}"
+
+    def say_serving(_aiohttp_banner: str) -> None:
+        # Called once the backend is open and the port is bound, so the line is true when it appears.
+        print(serving, file=sys.stderr, flush=True)
+
     files = raise_open_file_limit()
     log.info("open-file limit (each open stream takes one)", extra={"open_files": files})
     tune_gc()
