@@ -4,13 +4,17 @@ Scenarios (each run 3 times on a fresh schema; the table shows medians):
   throughput  50 channels x 4 clients x 10 zero-work turns (server_bench.py scenario f), the clients spread
               evenly over the replicas (client i on replica i mod n, so a channel's clients sit on different
               replicas): aggregate turns/s, handoff p50/p99, server CPU per turn (all replicas together)
+  affinity    the same, with each channel's clients on one replica (channel j on replica j mod n), as a load
+              balancer that routes by channel places them
   handoff     2 clients taking turns on one channel, 300 turns each, both on replica A ("same") or one on A and
               one on B ("cross"), 2 replicas up: handoff p50/p99. The holder releases only once the other client
               is in line (its stream said ``queued``), so every turn is a handoff to a waiting ticket.
 
 Handoff latency is measured inside the load generator: the time from sending the holder's release to receiving
 the next holder's your-turn. Targets: a cross-replica handoff costs less than 2x a same-replica one at p50;
-throughput with 2 replicas is not below that with 1.
+throughput with 2 replicas is not below that with 1. Spread, a busy channel's row lock passes back and forth
+between replicas and each holder of it commits fewer units at once; by channel, each replica commits its own
+channels' units together, as a single server does.
 
     uv run python bench/replicas_bench.py
     uv run python bench/replicas_bench.py --replicas 1,2 --scenarios throughput --runs 1
@@ -121,6 +125,9 @@ class Usage:
 
 # ---------------------------------------------------------------------- throughput
 
+SPREAD = "throughput spread"
+BY_CHANNEL = "throughput by channel"
+
 
 async def drive(clients: list[Client], turns: int) -> Logs:
     """Every client taking its turns on its own server; each channel's (grants, releases) by token."""
@@ -136,18 +143,28 @@ def drive_in_process(clients: list[Client], turns: int) -> Logs:
 
 
 async def throughput(
-    servers: list[Server], channels: int = 50, per_channel: int = 4, turns: int = 10, processes: int = 2
+    servers: list[Server],
+    by_channel: bool = False,
+    channels: int = 50,
+    per_channel: int = 4,
+    turns: int = 10,
+    processes: int = 2,
 ) -> Result:
-    """Scenario b of server_bench.py with the clients spread over the replicas. The load comes from
-    ``processes`` generator processes (each channel's clients in one of them) so the generator is not the
-    bottleneck; perf_counter is one clock for all of them on Linux, so handoffs compare."""
+    """Scenario f of server_bench.py with the clients spread over the replicas, or with each channel's clients on
+    one replica (``by_channel``). The load comes from ``processes`` generator processes (each channel's clients in
+    one of them) so the generator is not the bottleneck; perf_counter is one clock for all of them on Linux, so
+    handoffs compare."""
     api = Api(servers[0].url)
     names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(channels)]
     for name in names:
         await api.create(name)
     api.close()
     clients = [(name, k) for name in names for k in range(per_channel)]
-    spread = [(servers[i % len(servers)].url, name) for i, (name, _) in enumerate(clients)]
+    replica_of = {name: j % len(servers) for j, name in enumerate(names)}
+    spread = [
+        (servers[replica_of[name] if by_channel else i % len(servers)].url, name)
+        for i, (name, _) in enumerate(clients)
+    ]
     parts_in: list[list[Client]] = [[] for _ in range(processes)]
     for i, name in enumerate(names):
         parts_in[i % processes].extend(c for c in spread if c[1] == name)
@@ -231,7 +248,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--replicas", default="1,2,3", help="replica counts for the throughput scenario")
-    parser.add_argument("--scenarios", default="throughput,handoff")
+    parser.add_argument("--scenarios", default="throughput,affinity,handoff")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--postgres-dsn",
@@ -243,14 +260,16 @@ async def main() -> None:
     scenarios = args.scenarios.split(",")
 
     rows: list[tuple[str, int, list[Result]]] = []
-    if "throughput" in scenarios:
+    for scenario, label in (("throughput", SPREAD), ("affinity", BY_CHANNEL)):
+        if scenario not in scenarios:
+            continue
         for n in (int(x) for x in args.replicas.split(",")):
             runs = []
             for _ in range(args.runs):
                 async with replicas(args.postgres_dsn, n) as servers:
-                    runs.append(await throughput(servers))
-            rows.append(("throughput 50ch x 4", n, runs))
-            print(f"  done throughput with {n} replica(s)", file=sys.stderr, flush=True)
+                    runs.append(await throughput(servers, by_channel=scenario == "affinity"))
+            rows.append((label, n, runs))
+            print(f"  done {scenario} with {n} replica(s)", file=sys.stderr, flush=True)
     if "handoff" in scenarios:
         same: list[Result] = []
         cross: list[Result] = []
@@ -291,12 +310,13 @@ async def main() -> None:
         ratio = median([r.pct(0.5) for r in cross_runs]) / median([r.pct(0.5) for r in same_runs])
         verdict = "met" if ratio < 2 else "NOT met"
         print(f"cross-replica / same-replica handoff p50: {ratio:.2f}x (target < 2x): {verdict}")
-    one = by_name.get(("throughput 50ch x 4", 1))
-    two = by_name.get(("throughput 50ch x 4", 2))
-    if one and two:
-        ratio = median([r.turns_per_s for r in two]) / median([r.turns_per_s for r in one])
-        verdict = "met" if ratio >= 1 else "NOT met"
-        print(f"throughput 2 replicas / 1 replica: {ratio:.2f}x (target >= 1x): {verdict}")
+    for label in (SPREAD, BY_CHANNEL):
+        one = by_name.get((label, 1))
+        two = by_name.get((label, 2))
+        if one and two:
+            ratio = median([r.turns_per_s for r in two]) / median([r.turns_per_s for r in one])
+            verdict = "met" if ratio >= 1 else "NOT met"
+            print(f"{label}: 2 replicas / 1 replica: {ratio:.2f}x (target >= 1x): {verdict}")
 
 
 if __name__ == "__main__":
