@@ -86,6 +86,27 @@ class Event:
     request_id: str | None = None
     final: bool = False
 
+    @classmethod
+    def your_turn(cls, channel: str, grant: Grant) -> Event:
+        """The holder's ``your-turn`` (sent again, unchanged, to a stream that resubscribes)."""
+        return cls(
+            "your-turn",
+            {
+                "channel": channel,
+                "requestId": grant.request_id,
+                "leaseExpiresAt": grant.lease_deadline,
+                "fencingToken": grant.fencing_token,
+            },
+            request_id=grant.request_id,
+        )
+
+    @classmethod
+    def position(cls, name: str, channel: str, request_id: str, position: int) -> Event:
+        """Where a waiting ticket stands: ``queued`` (on subscribe) or ``position-updated``."""
+        return cls(
+            name, {"channel": channel, "requestId": request_id, "position": position}, request_id=request_id
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class EventBatch:

@@ -193,16 +193,9 @@ class TurnService:
             u.emit(Event(None, {"attachment": attachment}, request_id=request_id))
             holder = u.holder
             if holder is not None and holder.request_id == request_id:
-                u.emit(self._your_turn(channel, holder))
+                u.emit(Event.your_turn(channel, holder))
             else:
-                position = await u.rank(ticket)
-                u.emit(
-                    Event(
-                        "queued",
-                        {"channel": channel, "requestId": request_id, "position": position},
-                        request_id=request_id,
-                    )
-                )
+                u.emit(Event.position("queued", channel, request_id, await u.rank(ticket)))
             await self._conclude(u)
 
     async def ticket_state(self, channel: str, request_id: str) -> tuple[Ticket | None, Grant | None, int]:
@@ -423,18 +416,6 @@ class TurnService:
             return None
         return grant
 
-    def _your_turn(self, channel: str, grant: Grant) -> Event:
-        return Event(
-            "your-turn",
-            {
-                "channel": channel,
-                "requestId": grant.request_id,
-                "leaseExpiresAt": grant.lease_deadline,
-                "fencingToken": grant.fencing_token,
-            },
-            request_id=grant.request_id,
-        )
-
     def _grant(self, u: ChannelUnit, ticket: Ticket, now: int) -> None:
         grant = Grant(
             client_id=ticket.client_id,
@@ -445,7 +426,7 @@ class TurnService:
             enqueued_at=ticket.enqueued_at,
         )
         u.set_holder(grant)
-        u.emit(self._your_turn(u.spec.name, grant))
+        u.emit(Event.your_turn(u.spec.name, grant))
         u.emit(
             Event(
                 "turn-started",
@@ -530,13 +511,7 @@ class TurnService:
             self._grant(u, front[0][1], now)
         channel = u.spec.name
         for rank, ticket in await u.at_ranks(notify_ranks(min_rank, depth)):
-            u.emit(
-                Event(
-                    "position-updated",
-                    {"channel": channel, "requestId": ticket.request_id, "position": rank},
-                    request_id=ticket.request_id,
-                )
-            )
+            u.emit(Event.position("position-updated", channel, ticket.request_id, rank))
         return await self._conclude(u, depth)
 
     async def _conclude(self, u: ChannelUnit, depth: int | None = None) -> int | None:

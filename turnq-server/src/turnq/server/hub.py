@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any
 
-from turnq.core import EventBatch
+from turnq.core import Event, EventBatch
 
 log = logging.getLogger("turnq.server.hub")
 
@@ -86,6 +86,15 @@ class Stream:
                 return
         self._wake()
 
+    def send(self, event: Event) -> None:
+        """Write a ticket event's frame, and note what it told the client (a turn, or a position)."""
+        assert event.name is not None
+        self.push(encode_frame(event.name, event.data))
+        if event.name == "your-turn":
+            self.turn_sent = True
+        elif "position" in event.data:
+            self.told = event.data["position"]
+
     def close(self) -> None:
         self.closing = True
         self._wake()
@@ -152,6 +161,12 @@ class Hub:
                 if not group:
                     del self.observers[stream.channel]
 
+    def end_ticket(self, stream: Stream) -> None:
+        """The stream's ticket is over: end the stream, without a grace, and forget it."""
+        stream.ticket_over = True
+        stream.close()
+        self.discard(stream)
+
     def ticket_streams(self, channel: str | None = None) -> list[Stream]:
         if channel is None:
             return [s for group in self.tickets.values() for s in group.values()]
@@ -184,15 +199,9 @@ class Hub:
                 if not stream.attached:
                     continue
                 if event.name is not None:
-                    stream.push(encode_frame(event.name, event.data))
-                    if event.name == "your-turn":
-                        stream.turn_sent = True
-                    elif "position" in event.data:
-                        stream.told = event.data["position"]
+                    stream.send(event)
                 if event.final:
-                    stream.ticket_over = True
-                    stream.close()
-                    self.discard(stream)
+                    self.end_ticket(stream)
             elif observers and event.name is not None:
                 frame = encode_frame(event.name, event.data)
                 for observer in observers:

@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from turnq.core import EventBatch, TurnService
+from turnq.core import Event, EventBatch, TurnService
 
-from .hub import Hub, encode_frame
+from .hub import Hub
 
 
 class PositionRefresher:
@@ -56,13 +56,7 @@ class PositionRefresher:
         for position, ticket in enumerate(view.waiters, start=1):
             stream = waiting.get(ticket.request_id)
             if stream is not None and (stream.told is None or position < stream.told):
-                stream.push(
-                    encode_frame(
-                        "position-updated",
-                        {"channel": channel, "requestId": ticket.request_id, "position": position},
-                    )
-                )
-                stream.told = position
+                stream.send(Event.position("position-updated", channel, ticket.request_id, position))
 
     def stop(self) -> None:
         for timer in self._timers.values():

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from turnq.core import EventBatch, TurnqError, TurnService
+from turnq.core import Event, EventBatch, TurnqError, TurnService
 from turnq.core.limits import SUBSCRIBE_WINDOW_MS
 
-from .hub import Hub, Stream, encode_frame
+from .hub import Hub, Stream
 
 log = logging.getLogger("turnq.server")
 
@@ -60,7 +60,7 @@ class Presence:
         assert stream.key is not None
         ticket, _, _ = await self.service.ticket_state(stream.channel, stream.key)
         if ticket is None:
-            self._end_stream(stream)
+            self.hub.end_ticket(stream)  # it ended while this process was not hearing about it
             return
         await self.service.attach(
             stream.channel, ticket.client_id, stream.key, stream.attachment, announce=False
@@ -77,33 +77,9 @@ class Presence:
         assert stream.key is not None
         ticket, grant, position = await self.service.ticket_state(stream.channel, stream.key)
         if ticket is None:
-            self._end_stream(stream)
+            self.hub.end_ticket(stream)  # a resubscribe will answer REQUEST_NOT_FOUND
         elif grant is not None:
             if not stream.turn_sent:
-                stream.turn_sent = True
-                stream.push(
-                    encode_frame(
-                        "your-turn",
-                        {
-                            "channel": stream.channel,
-                            "requestId": grant.request_id,
-                            "leaseExpiresAt": grant.lease_deadline,
-                            "fencingToken": grant.fencing_token,
-                        },
-                    )
-                )
+                stream.send(Event.your_turn(stream.channel, grant))
         else:
-            stream.push(
-                encode_frame(
-                    "position-updated",
-                    {"channel": stream.channel, "requestId": stream.key, "position": position},
-                )
-            )
-            stream.told = position
-
-    def _end_stream(self, stream: Stream) -> None:
-        """The ticket ended while this process was not hearing about it: close its stream (a resubscribe
-        will answer REQUEST_NOT_FOUND)."""
-        stream.ticket_over = True
-        stream.close()
-        self.hub.discard(stream)
+            stream.send(Event.position("position-updated", stream.channel, stream.key, position))
