@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +41,17 @@ class _StoreCommits(Collector):
             "Transactions committed for units of work (units share them under load)",
             value=self.backend.unit_commits,
         )
+
+
+M = TypeVar("M", Gauge, Histogram)
+
+
+def _child(children: dict[str, M], metric: M, channel: str) -> M:
+    """A channel's labelled series of ``metric``, looked up once: ``labels()`` builds and locks on every call."""
+    child = children.get(channel)
+    if child is None:
+        child = children[channel] = metric.labels(channel)
+    return child
 
 
 class Metrics:
@@ -82,8 +94,7 @@ class Metrics:
         )
 
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
-        # Each channel's labelled children, looked up once: ``labels()`` builds and locks on every call, and every
-        # batch would make up to three of them.
+        # Each channel's labelled series (see _child); every batch needs up to three.
         self._depth_of: dict[str, Gauge] = {}
         self._wait_of: dict[str, Histogram] = {}
         self._hold_of: dict[str, Histogram] = {}
@@ -101,24 +112,15 @@ class Metrics:
         if batch.deleted:
             self.forget_channel(channel)
             return
-        depth = self._depth_of.get(channel)
-        if depth is None:
-            depth = self._depth_of[channel] = self.queue_depth.labels(channel)
-        depth.set(batch.depth)
+        _child(self._depth_of, self.queue_depth, channel).set(batch.depth)
         if batch.origin != self.origin:
             return
         for event in batch.events:
             name = event.name
             if name == "turn-started":
-                wait = self._wait_of.get(channel)
-                if wait is None:
-                    wait = self._wait_of[channel] = self.wait.labels(channel)
-                wait.observe(event.data.get("waitedMs", 0) / 1000)
+                _child(self._wait_of, self.wait, channel).observe(event.data.get("waitedMs", 0) / 1000)
             elif name == "turn-completed":
-                hold = self._hold_of.get(channel)
-                if hold is None:
-                    hold = self._hold_of[channel] = self.hold.labels(channel)
-                hold.observe(event.data.get("heldMs", 0) / 1000)
+                _child(self._hold_of, self.hold, channel).observe(event.data.get("heldMs", 0) / 1000)
             elif name == "timeout":
                 self.timeouts.labels(channel, event.data["reason"]).inc()
 
