@@ -206,6 +206,12 @@ class SqliteBackend(Backend):
         for state in self._channels.values():
             state.stale = True
 
+    async def _ready_journal(self) -> Journal:
+        """The journal, with the state in memory reloaded first if a commit failed."""
+        journal = self._open_journal()
+        await self._ready()
+        return journal
+
     async def _ready(self) -> None:
         """Reload the state from the file if a commit failed since it was loaded (once, for every waiter)."""
         if self._broken is None:
@@ -237,31 +243,28 @@ class SqliteBackend(Backend):
     # ---------------------------------------------------------------- channels
 
     async def create_channel(self, spec: ChannelSpec) -> None:
-        journal = self._open_journal()
-        await self._ready()
+        journal = await self._ready_journal()
         if spec.name in self._channels:
             raise TurnqError(ErrorCode.CHANNEL_EXISTS, f"channel {spec.name!r} already exists")
         state = StoredChannel(spec, self._next_id)
         self._next_id += 1
         self._channels[spec.name] = state
         params = (state.id, spec.name, spec.lease_ms, spec.max_depth, spec.max_wait_ms, spec.grace_ms)
-        done = journal.submit([(q.INSERT_CHANNEL, (*params, spec.created_at))], None)
-        if done is not None:
-            await done
+        await journal.commit([(q.INSERT_CHANNEL, (*params, spec.created_at))], None)
 
     async def get_channel(self, name: str) -> ChannelView | None:
-        journal = self._open_journal()
-        await self._ready()
+        journal = await self._ready_journal()
         state = self._channels.get(name)
         view = state.view() if state is not None and not state.deleted else None
-        await _committed(journal)
+        # Answered once what it shows is on disk: a failing commit could still take it back.
+        await journal.commit([], None)
         return view
 
     async def list_channels(self) -> list[ChannelView]:
-        journal = self._open_journal()
-        await self._ready()
+        journal = await self._ready_journal()
         views = [s.view() for _, s in sorted(self._channels.items()) if not s.deleted]
-        await _committed(journal)
+        # Answered once what it shows is on disk: a failing commit could still take it back.
+        await journal.commit([], None)
         return views
 
     # ---------------------------------------------------------------- units
@@ -323,8 +326,7 @@ class SqliteBackend(Backend):
     # ---------------------------------------------------------------- whole-store operations
 
     async def deadlines(self) -> dict[str, int]:
-        self._open_journal()
-        await self._ready()
+        await self._ready_journal()
         out = {}
         for name, state in self._channels.items():
             deadline = state.nearest_deadline()
@@ -333,21 +335,12 @@ class SqliteBackend(Backend):
         return out
 
     async def restart_grace(self, now: int, min_window_ms: int) -> None:
-        self._open_journal()
-        await self._ready()
+        await self._ready_journal()
         self._detach_all(now, min_window_ms)
 
     async def heartbeat(self, instance: str, now: int) -> bool:
         detached, self._detached_all = self._detached_all, False
         return not detached
-
-
-async def _committed(journal: Journal) -> None:
-    """Wait until what memory holds now is on disk: a view taken from memory is answered only then, so nobody
-    sees a change that a failing commit could still take back."""
-    done = journal.submit([], None)
-    if done is not None:
-        await done
 
 
 def _read_store(c: sqlite3.Connection) -> tuple[Rows, Rows]:

@@ -84,6 +84,12 @@ class Journal:
         self._pending.append(Entry(writes, batch, future))
         return future
 
+    async def commit(self, writes: list[Write], batch: EventBatch | None) -> None:
+        """``submit``, and wait until it is committed and published."""
+        done = self.submit(writes, batch)
+        if done is not None:
+            await done
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
