@@ -342,22 +342,22 @@ async def test_api_key_in_query_for_subscribe(server: Server) -> None:
         assert line == b"event: your-turn\n"
 
 
-async def test_deep_waiters_hear_their_positions_from_the_refresh() -> None:
-    """Past rank 64 a waiter is not told at once; the periodic refresh tells it its true position."""
-    async with running_server(make_config(position_refresh_s=0.3)) as server:
+async def test_waiters_behind_the_next_hear_their_positions_from_the_refresh() -> None:
+    """Only the next in line is told at once; the periodic refresh tells the others their true positions."""
+    async with running_server(make_config(position_refresh_s=1.5)) as server:
         ch = await server.create("deep", leaseMs=60000)
         rids = [(await server.enqueue(ch, f"c{i}"))[0] for i in range(80)]
         deep = await server.subscribe(ch, "c75", rids[75])
-        near = await server.subscribe(ch, "c65", rids[65])
+        near = await server.subscribe(ch, "c2", rids[2])
         try:
             assert await deep.expect("queued") == {"channel": ch, "requestId": rids[75], "position": 75}
-            assert await near.expect("queued") == {"channel": ch, "requestId": rids[65], "position": 65}
+            assert await near.expect("queued") == {"channel": ch, "requestId": rids[2], "position": 2}
             await server.release(ch, "c0", rids[0])
-            # 65 -> 64 is told at once; 75 -> 74 waits for the refresh.
-            assert await near.expect("position-updated") == {
+            # 2 -> 1 is told at once (well before the refresh is due); 75 -> 74 waits for the refresh.
+            assert await near.expect("position-updated", timeout=1.0) == {
                 "channel": ch,
-                "requestId": rids[65],
-                "position": 64,
+                "requestId": rids[2],
+                "position": 1,
             }
             assert await deep.expect("position-updated", timeout=5) == {
                 "channel": ch,

@@ -10,9 +10,9 @@ that announce the change, and records the channel's nearest deadline. Invariants
   first and reported after.
 
 Position updates are coalesced: after a removal at rank ``r`` every ticket behind moves up one, but only the
-tickets whose new position is 1, 4, 16 or 64 are told (``position-updated``); the server refreshes deeper
-waiters' positions every few seconds. A turn therefore costs a bounded number of events instead of one per
-waiter, and a waiter is never told a wrong position, only at worst a stale (larger) one, as the protocol
+ticket that is now next in line (position 1) is told at once (``position-updated``); the server refreshes the
+other waiters' positions every few seconds. A turn therefore costs at most one position event instead of one
+per waiter, and a waiter is never told a wrong position, only at worst a stale (larger) one, as the protocol
 allows.
 """
 
@@ -58,23 +58,17 @@ def new_request_id() -> str:
 
 
 # The deepest rank told its new position at once after a removal (see notify_ranks).
-NOTIFY_MAX_RANK = 64
+NOTIFY_MAX_RANK = 1
 
 
 def notify_ranks(start: int, depth: int) -> list[int]:
-    """The ranks in ``[max(start, 1), depth)`` that hear a new position at once: 1, 4, 16 and 64.
+    """The ranks in ``[max(start, 1), depth)`` that hear a new position at once: only 1, the next in line.
 
-    A waiter hears its place shrink geometrically as it nears the front and always hears that it is next,
-    while a handoff writes at most four position frames however deep the line is, so a turn's cost does not
-    grow with depth. Waiters further back hear their positions from the server's periodic refresh instead.
+    Being next is the one position a client acts on (it gets ready for its turn); every other position is
+    progress, which the server's periodic refresh reports. Telling more ranks at once would cost every handoff
+    a frame per rank (each a write to a client) for news a few seconds' delay does not spoil.
     """
-    ranks = []
-    r = 1
-    while r < depth and r <= NOTIFY_MAX_RANK:
-        if r >= start:
-            ranks.append(r)
-        r <<= 2
-    return ranks
+    return [1] if start <= 1 < depth else []
 
 
 class _Outcome:

@@ -1,9 +1,10 @@
-"""Position refresh for waiters deeper in line than the ranks told at once.
+"""Position refresh for waiters behind the next in line.
 
-The rules tell a waiter its new position only when it reaches 64, 16, 4 or 1 (so a handoff's cost does not grow
-with the depth of the line). Further back, positions are refreshed here: a channel whose line moved is read once,
-a few seconds later, and each waiting stream of this process that was told a larger position hears its true
-one. That costs one read of the line per busy channel every few seconds, not a frame per waiter per turn.
+The rules tell a waiter its new position at once only when it becomes next (position 1), so a handoff costs at
+most one position frame however deep the line is. Every other position is refreshed here: a channel whose line
+moved is read once, a couple of seconds later, and each waiting stream of this process that was told a larger
+position hears its true one. That costs one read of the line per busy channel per interval, not a frame per
+waiter per turn.
 """
 
 from __future__ import annotations

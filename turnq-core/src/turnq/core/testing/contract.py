@@ -269,7 +269,7 @@ class BackendContract:
             "position-updated",
             {"channel": ch, "requestId": rids[2], "position": 1},
         ) in h.recorder.events(rids[2])
-        # Position 2 is not a notified rank (1 and powers of four are): rids[3] hears nothing, never a wrong value.
+        # Only the next in line (position 1) is told at once: rids[3], now at 2, hears nothing, never a wrong value.
         assert h.recorder.events(rids[3]) == []
         assert "left" in h.recorder.names(None)
         holder = (await h.service.get_channel(ch)).holder
