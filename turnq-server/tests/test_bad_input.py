@@ -129,3 +129,15 @@ async def test_client_key_cannot_create(server: Server) -> None:
     status, body = await server.call("POST", f"{server.url}/channels", {"name": "x"}, key=CLIENT_KEY)
     assert (status, body["code"]) == (403, "FORBIDDEN")
     assert (await server.call("GET", f"{server.url}/channels"))[1] == {"channels": []}
+
+
+async def test_method_not_allowed_names_the_allowed_methods(server: Server) -> None:
+    """A 405 says which methods the path takes (``Allow``), as HTTP asks; an unknown path is a 404 for any method."""
+    ch = await server.create("allow")
+    async with server.session.request("GET", server.path(ch, "enqueue")) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert (await resp.json())["code"] == "METHOD_NOT_ALLOWED"
+    async with server.session.request("DELETE", f"{server.url}/channels/{ch}/nowhere") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "ROUTE_NOT_FOUND"

@@ -16,7 +16,6 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 from multidict import CIMultiDict, istr
-from turnq.core import ErrorCode, TurnqError
 from turnq.core.limits import (
     MAX_ERROR_LENGTH,
     MAX_ID_LENGTH,
@@ -366,7 +365,3 @@ async def metrics(request: web.Request) -> web.Response:
     channels = len(await state.service.list_channels())
     body = state.metrics.render(subscribers, observers, channels)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-
-def not_found(request: web.Request) -> TurnqError:
-    return TurnqError(ErrorCode.ROUTE_NOT_FOUND, f"no such endpoint: {request.method} {request.path}")
