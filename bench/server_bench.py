@@ -1,6 +1,6 @@
 """Server benchmark: turns over real HTTP/SSE against a `turnq serve` subprocess.
 
-Scenarios (each run 3 times; the table shows medians):
+Scenarios (each run 3 times, the backends' runs interleaved; the table shows medians):
   a  20 clients x 50 zero-work turns on one channel: turns/s, handoff p50/p99, server CPU per turn
   b  50 channels x 4 clients, each turn held 40 ms (about half the server's capacity): aggregate turns/s,
      handoff p50/p99 under load
@@ -362,11 +362,13 @@ async def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    rows = []
-    for backend in args.backends.split(","):
-        for name in args.scenarios.split(","):
-            runs = []
-            for _ in range(args.runs):
+    # Runs are interleaved (every backend's run 1 of a scenario, then every backend's run 2, ...) so that a machine
+    # whose speed drifts over minutes, as shared VMs do, slows every column alike instead of one backend's runs.
+    backends = args.backends.split(",")
+    results: dict[tuple[str, str], list[Result]] = {}
+    for name in args.scenarios.split(","):
+        for i in range(args.runs):
+            for backend in backends:
                 with tempfile.TemporaryDirectory() as tmp:
                     url = {
                         "memory": "memory://",
@@ -375,9 +377,11 @@ async def main() -> None:
                         FLOOR: FLOOR,
                     }[backend]
                     async with Server(url) as server:
-                        runs.append(await SCENARIOS[name](server))
-            rows.append((backend, name, runs))
-            print(f"  done {backend}/{name}", file=sys.stderr, flush=True)
+                        results.setdefault((backend, name), []).append(await SCENARIOS[name](server))
+            print(f"  done {name} run {i + 1}", file=sys.stderr, flush=True)
+    rows = [
+        (backend, name, results[backend, name]) for backend in backends for name in args.scenarios.split(",")
+    ]
 
     header = f"{'backend':9} {'scen':4} {'turns/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu/turn ms':>12}  extra (medians of {args.runs} runs)"
     print(header)
