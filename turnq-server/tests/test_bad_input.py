@@ -12,6 +12,11 @@ LONG = "x" * 201
 # (method, path under the channel "t" or absolute, body or raw bytes, status, code, words the message must contain)
 CASES: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", "/channels", b"{not json", 400, "MALFORMED_REQUEST", "JSON"),
+    # JSON's own limits: no NaN or Infinity, UTF-8 only, no lone surrogates.
+    ("POST", "enqueue", b'{"clientId": NaN}', 400, "MALFORMED_REQUEST", "JSON"),
+    ("POST", "enqueue", b'{"clientId": "c", "x": 1e999}', 400, "MALFORMED_REQUEST", "JSON"),
+    ("POST", "enqueue", b'{"clientId": "\xff"}', 400, "MALFORMED_REQUEST", "JSON"),
+    ("POST", "enqueue", b'{"clientId": "\\ud800"}', 400, "MALFORMED_REQUEST", "JSON"),
     ("POST", "/channels", b"[1,2]", 400, "MALFORMED_REQUEST", "object"),
     ("POST", "/channels", {}, 400, "MALFORMED_REQUEST", "name"),
     ("POST", "/channels", {"name": ""}, 400, "MALFORMED_REQUEST", "name"),

@@ -4,7 +4,6 @@ backend, start the reaper, tell streams on shutdown, close)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +11,7 @@ from aiohttp import hdrs, web
 from turnq.core import Backend, ErrorCode, TurnqError, open_backend, redact_url
 
 from .config import ServerConfig
+from .hub import encode_json
 from .routes import STATE_KEY, routes
 from .state import ServerState
 
@@ -20,9 +20,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(exc: TurnqError) -> web.Response:
-    return web.Response(
-        body=json.dumps(exc.to_json()).encode(), status=exc.status, content_type="application/json"
-    )
+    return web.Response(body=encode_json(exc.to_json()), status=exc.status, content_type="application/json")
 
 
 def _from_http(exc: web.HTTPException, request: web.Request, limit: int) -> TurnqError:

@@ -6,11 +6,11 @@ the protocol's status (see ``errors.py`` in core and the middleware in ``app.py`
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
@@ -76,8 +76,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise malformed(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise malformed("request body must be a JSON object")
@@ -95,7 +95,7 @@ def _request_id(body: dict[str, Any], *, required: bool) -> str | None:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=encode_json(data).encode(), status=status, content_type="application/json")
+    return web.Response(body=encode_json(data), status=status, content_type="application/json")
 
 
 # ---------------------------------------------------------------------- streams
