@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedDict, SortedList
 
@@ -211,6 +211,22 @@ class MemoryUnit(ChannelUnit):
         )
 
 
+S = TypeVar("S", bound=ChannelState)
+
+
+async def lock_channel(channels: dict[str, S], channel: str) -> S:
+    """The channel's state with its lock held; CHANNEL_NOT_FOUND if there is none or it was deleted while this
+    waited for the lock."""
+    state = channels.get(channel)
+    if state is None:
+        raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+    await state.lock.acquire()
+    if state.deleted:
+        state.lock.release()
+        raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+    return state
+
+
 class _UnitScope:
     """One unit of work on a channel: its lock held for the unit's life, its batch delivered once it is done.
 
@@ -226,14 +242,7 @@ class _UnitScope:
         self._channel = channel
 
     async def __aenter__(self) -> ChannelUnit:
-        state = self._backend._channels.get(self._channel)
-        if state is None:
-            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {self._channel!r} does not exist")
-        await state.lock.acquire()
-        if state.deleted:
-            state.lock.release()
-            raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {self._channel!r} does not exist")
-        self._state = state
+        state = self._state = await lock_channel(self._backend._channels, self._channel)
         unit = self._unit = MemoryUnit(state)
         return unit
 

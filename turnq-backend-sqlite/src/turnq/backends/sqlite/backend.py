@@ -46,6 +46,7 @@ from turnq.core import (
     wall_ms,
 )
 from turnq.core.limits import SUBSCRIBE_WINDOW_MS
+from turnq.core.memory import lock_channel
 
 from . import statements as q
 from .journal import Journal
@@ -277,13 +278,7 @@ class SqliteBackend(Backend):
         while True:
             if self._broken is not None:
                 await self._ready()
-            state = self._channels.get(channel)
-            if state is None:
-                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
-            await state.lock.acquire()
-            if state.deleted:
-                state.lock.release()
-                raise TurnqError(ErrorCode.CHANNEL_NOT_FOUND, f"channel {channel!r} does not exist")
+            state = await lock_channel(self._channels, channel)
             if not state.stale:
                 return state
             state.lock.release()  # reloaded while we waited: start again on the new state
