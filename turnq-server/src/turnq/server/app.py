@@ -23,7 +23,7 @@ def _error(exc: TurnqError) -> web.Response:
     return web.Response(body=encode_json(exc.to_json()), status=exc.status, content_type="application/json")
 
 
-def _from_http(exc: web.HTTPException, request: web.Request, limit: int) -> TurnqError:
+def _from_http(exc: web.HTTPException, limit: int) -> TurnqError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return TurnqError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes")
     return TurnqError(ErrorCode.MALFORMED_REQUEST, exc.reason or "bad request")
@@ -51,7 +51,7 @@ def answering_in_protocol(handler: Handler, state: ServerState, method: str, pat
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            error = _from_http(exc, request, limit)
+            error = _from_http(exc, limit)
             status = error.status
             return _error(error)
         except (asyncio.CancelledError, ConnectionResetError):
