@@ -73,18 +73,6 @@ class ChannelState:
                 return int(deadline)
         return None
 
-    def nearest_deadline(self) -> int | None:
-        """The channel's nearest deadline as the rules see it: the holder's lease, the earliest wait deadline of
-        a waiter, the earliest grace; for a reaper starting up, when no unit has just concluded."""
-        holder = self.holder
-        deadlines = [
-            holder.lease_deadline if holder is not None else None,
-            self.earliest_wait(holder.request_id if holder is not None else None),
-            int(self.grace_index[0][0]) if self.grace_index else None,
-        ]
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
-
     def reindex(self) -> None:
         """Rebuild the lookups and deadline indexes from ``tickets`` (after the line was put back wholesale)."""
         line = list(self.tickets.values())

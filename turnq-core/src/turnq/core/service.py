@@ -57,8 +57,8 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-# The deepest rank told its new position at once after a removal (see notify_ranks).
-NOTIFY_MAX_RANK = 1
+# The one rank told its new position at once after a removal (see notify_ranks): the next in line.
+NOTIFY_RANK = 1
 
 
 def notify_ranks(start: int, depth: int) -> list[int]:
@@ -68,7 +68,23 @@ def notify_ranks(start: int, depth: int) -> list[int]:
     progress, which the server's periodic refresh reports. Telling more ranks at once would cost every handoff
     a frame per rank (each a write to a client) for news a few seconds' delay does not spoil.
     """
-    return [1] if start <= 1 < depth else []
+    return [NOTIFY_RANK] if start <= NOTIFY_RANK < depth else []
+
+
+async def nearest_deadline(u: ChannelUnit) -> int | None:
+    """When the rules must look at the channel next: the earliest of the holder's lease, the waiters' maximum
+    waits and every ticket's grace. Every reaper deadline comes from here."""
+    holder = u.holder
+    candidates = []
+    if holder is not None:
+        candidates.append(holder.lease_deadline)
+    wait = await u.earliest_wait_deadline(holder.request_id if holder is not None else None)
+    if wait is not None:
+        candidates.append(wait)
+    grace = await u.earliest_grace()
+    if grace is not None and grace.grace_deadline is not None:
+        candidates.append(grace.grace_deadline)
+    return min(candidates) if candidates else None
 
 
 class _Outcome:
@@ -328,7 +344,7 @@ class TurnService:
         try:
             async with self.backend.unit(channel) as u:
                 min_rank: int | None = None
-                while (due := await self._nearest_deadline(u)) is not None and due <= now:
+                while (due := await nearest_deadline(u)) is not None and due <= now:
                     rank = await self._expire_at(u, due, now)
                     if rank is None:
                         break  # nothing was due after all (a clock that went backwards): never spin
@@ -510,20 +526,6 @@ class TurnService:
 
     async def _conclude(self, u: ChannelUnit, depth: int | None = None) -> int | None:
         """Record the channel's nearest deadline after this unit, for every process's reaper."""
-        deadline = await self._nearest_deadline(u)
+        deadline = await nearest_deadline(u)
         u.conclude(deadline, await u.depth() if depth is None else depth)
         return deadline
-
-    async def _nearest_deadline(self, u: ChannelUnit) -> int | None:
-        """The earliest of the holder's lease, the waiters' maximum waits and every ticket's grace."""
-        holder = u.holder
-        candidates = []
-        if holder is not None:
-            candidates.append(holder.lease_deadline)
-        wait = await u.earliest_wait_deadline(holder.request_id if holder is not None else None)
-        if wait is not None:
-            candidates.append(wait)
-        grace = await u.earliest_grace()
-        if grace is not None and grace.grace_deadline is not None:
-            candidates.append(grace.grace_deadline)
-        return min(candidates) if candidates else None

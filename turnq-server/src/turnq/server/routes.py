@@ -1,7 +1,7 @@
 """HTTP routes: validate input, check the key, call the rules, answer in the protocol's shapes.
 
 Every input is validated before any state is touched, and every failure leaves as ``{"code", "message"}`` with
-the protocol's status (see ``errors.py`` in core and the middleware in ``app.py``).
+the protocol's status (see ``errors.py`` in core and ``answering_in_protocol`` in ``app.py``).
 """
 
 from __future__ import annotations
@@ -186,8 +186,6 @@ def _ticket_ids(request: web.Request) -> tuple[str, str]:
     return client_id, request_id
 
 
-# No HEAD for the streams (aiohttp adds one to every GET route by default): an event stream has no head to give,
-# and the router answers 405 before anything is registered.
 # ---------------------------------------------------------------------- turns
 
 
@@ -200,6 +198,8 @@ async def enqueue(request: web.Request) -> web.Response:
     return _json({"requestId": request_id, "position": position})
 
 
+# No HEAD for the streams (aiohttp adds one to every GET route by default): an event stream has no head to give,
+# and HEAD is answered 405 before anything is registered.
 @routes.get("/channels/{name}/subscribe", allow_head=False)
 async def subscribe(request: web.Request) -> web.StreamResponse:
     name = _channel(request)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from turnq.core import Ticket
-from turnq.core.service import NOTIFY_MAX_RANK, notify_ranks
+from turnq.core.service import NOTIFY_RANK
 
 # The ranks a unit reads when it opens: the holder and the next in line (a release grants rank 1), and the
-# tickets that will hear their new position after the holder leaves (rank r+1 today is rank r then). Derived
-# from the rule itself, so the probe follows it if it changes.
-PROBE_RANKS: tuple[int, ...] = tuple(sorted({0, 1} | {r + 1 for r in notify_ranks(1, NOTIFY_MAX_RANK + 1)}))
+# ticket that will hear its new position after the holder leaves (rank NOTIFY_RANK + 1 today is NOTIFY_RANK
+# then). Derived from the rule itself, so the probe follows it if it changes.
+PROBE_RANKS: tuple[int, ...] = tuple(sorted({0, 1, NOTIFY_RANK + 1}))
 
 
 class Line:

@@ -46,7 +46,8 @@ from turnq.core import (
     wall_ms,
 )
 from turnq.core.limits import SUBSCRIBE_WINDOW_MS
-from turnq.core.memory import lock_channel
+from turnq.core.memory import MemoryUnit, lock_channel
+from turnq.core.service import nearest_deadline
 
 from . import statements as q
 from .journal import Journal
@@ -229,7 +230,9 @@ class SqliteBackend(Backend):
             self._detached_all = True
             for name, state in self._channels.items():
                 self._listeners.publish(
-                    EventBatch(name, (), state.nearest_deadline(), len(state.tickets), resync=True)
+                    EventBatch(
+                        name, (), await nearest_deadline(MemoryUnit(state)), len(state.tickets), resync=True
+                    )
                 )
             log.warning("reloaded %s after a failed commit", redact_url(self.url))
 
@@ -324,7 +327,7 @@ class SqliteBackend(Backend):
         await self._ready_journal()
         out = {}
         for name, state in self._channels.items():
-            deadline = state.nearest_deadline()
+            deadline = await nearest_deadline(MemoryUnit(state))
             if deadline is not None:
                 out[name] = deadline
         return out

@@ -57,7 +57,7 @@ class Journal:
         writer: Writer,
         publish: Callable[[EventBatch], None],
         failed: Callable[[TurnqError], None],
-        committed: Callable[[], None] = lambda: None,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._writer = writer
         self._publish = publish
@@ -66,7 +66,7 @@ class Journal:
         self._in_flight: list[Entry] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._counted = committed
+        self._on_commit = on_commit
 
     def submit(self, writes: list[Write], batch: EventBatch | None) -> asyncio.Future[None] | None:
         """Hand in a unit's writes and batch; returns a future that is done once they are committed and
@@ -118,7 +118,7 @@ class Journal:
             self._idle.set()
             self._failed(failure)
             return
-        self._counted()
+        self._on_commit()
         self._committed(entries)
 
     def _committed(self, entries: list[Entry]) -> None:
