@@ -16,13 +16,11 @@ takes a minute or two.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 import uvloop
@@ -30,41 +28,9 @@ import uvloop
 sys.path.insert(0, os.path.dirname(__file__))
 import turndriver
 from procstats import free_port
-from server_bench import FLOOR, FLOOR_SERVER, KEY, Api
+from server_bench import FLOOR, KEY, Api, server_command, wait_listening
 
 CLIENTS = 20
-
-
-def server_command(backend: str, port: int) -> list[str]:
-    if backend == FLOOR:
-        return [sys.executable, FLOOR_SERVER, "--port", str(port), "--api-key", KEY]
-    return [
-        sys.executable,
-        "-m",
-        "turnq.core.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-        "--database-url",
-        backend,
-        "--log-level",
-        "WARNING",
-    ]
-
-
-async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server under valgrind did not start") from None
-            await asyncio.sleep(0.5)
 
 
 async def drive(url: str, turns_per_client: int) -> None:
@@ -102,7 +68,8 @@ async def measure(backend: str, warm: int, turns: int) -> float:
         ]
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            await wait_listening(port, proc)
+            # A server under valgrind starts some 50 times slower.
+            await wait_listening(port, proc, 300, 0.5)
             await drive(url, warm // CLIENTS)
             pid = str(proc.pid)
             callgrind_control("--instr=on", pid)

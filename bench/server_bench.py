@@ -86,6 +86,43 @@ class Result:
 FLOOR = "floor"  # the baseline of floor_server.py, run where a backend's URL would be given
 
 
+def server_command(backend: str, port: int) -> list[str]:
+    """The command that starts ``backend`` (a database URL, or FLOOR for floor_server.py) on ``port``."""
+    if backend == FLOOR:
+        return [sys.executable, FLOOR_SERVER, "--port", str(port), "--api-key", KEY]
+    return [
+        sys.executable,
+        "-m",
+        "turnq.core.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--database-url",
+        backend,
+        "--log-level",
+        "WARNING",
+    ]
+
+
+async def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float, interval_s: float, log: str | None = None
+) -> None:
+    """Return once the server started as ``proc`` accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("server did not start" + (f"; see {log}" if log else ""))
+        await asyncio.sleep(interval_s)
+
+
 class Server:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -95,36 +132,11 @@ class Server:
 
     async def __aenter__(self) -> Server:
         self.log = tempfile.NamedTemporaryFile(prefix="turnq-bench-", suffix=".log", delete=False)  # noqa: SIM115
-        if self.database_url == FLOOR:
-            command = [sys.executable, FLOOR_SERVER, "--port", str(self.port), "--api-key", KEY]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "turnq.core.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--api-key",
-                KEY,
-                "--database-url",
-                self.database_url,
-                "--log-level",
-                "WARNING",
-            ]
+        command = server_command(self.database_url, self.port)
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.stats = ProcStats(self.proc.pid)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"server did not start; see {self.log.name}")
-            await asyncio.sleep(0.05)
+        await wait_listening(self.port, self.proc, 30, 0.05, self.log.name)
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None

@@ -36,7 +36,7 @@ def answering_in_protocol(handler: Handler, state: ServerState, method: str, pat
     through two more coroutines (the middleware and aiohttp's own ``current_app`` bookkeeping around it), and the
     route's method and path are known here once instead of being looked up on every request.
     """
-    count = state.metrics.request_counter(method, path)
+    count = state.metrics.requests.counter(method, path)
     limit = state.config.max_body_bytes
 
     async def answer(request: web.Request) -> web.StreamResponse:

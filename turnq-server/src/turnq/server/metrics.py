@@ -54,6 +54,7 @@ class _RequestCounts(Collector):
         self.routes: dict[tuple[str, str], dict[int, int]] = {}
 
     def counter(self, method: str, path: str) -> Callable[[int], None]:
+        """Count one route's requests: the returned function takes a request's status."""
         by_status = self.routes.setdefault((method, path), {})
 
         def count(status: int) -> None:
@@ -134,10 +135,6 @@ class Metrics:
         # Each channel's labelled histogram series (see _child).
         self._wait_of: dict[str, Histogram] = {}
         self._hold_of: dict[str, Histogram] = {}
-
-    def request_counter(self, method: str, path: str) -> Callable[[int], None]:
-        """Count one route's requests: the returned function takes a request's status."""
-        return self.requests.counter(method, path)
 
     def on_batch(self, batch: EventBatch) -> None:
         channel = batch.channel
